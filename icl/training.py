@@ -1,0 +1,195 @@
+"""Training linear transformers on in-context tasks with Optax: one jitted program, vmapped over seeds.
+
+Every step draws fresh prompts from ``task.sample(fold_in(data_key, step), batch, n)``, so the data are a
+pure function of (seed, step). The steps run inside ``lax.scan``; seeds run side by side under
+``jax.vmap``. Steps are grouped into chunks only to report progress and to stop on divergence.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from icl.tasks import Prompts, Task, check_positive_int
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingDivergedError", "train", "make_optimizer", "mse_loss"]
+
+
+class TrainingDivergedError(RuntimeError):
+    """Raised when the training loss becomes NaN or inf; the message names the step and last finite loss."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of :func:`train`.
+
+    Attributes:
+      steps: optimiser steps (>= 1); batch: prompts per step (>= 1); n: context length (>= 1).
+      lr: peak learning rate (> 0). schedule: ``"cosine"`` (warm-up then cosine decay to 0) or
+        ``"constant"``. warmup: linear warm-up steps (>= 0). optimizer: ``"adam"`` or ``"sgd"``.
+      num_seeds: independent runs trained at once under vmap (>= 1). seed: base seed.
+      progress_every: print progress to stderr every this many steps (0: silent).
+    """
+
+    steps: int = 2000
+    batch: int = 1024
+    n: int = 20
+    lr: float = 1e-2
+    schedule: str = "cosine"
+    warmup: int = 0
+    optimizer: str = "adam"
+    num_seeds: int = 1
+    seed: int = 0
+    progress_every: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch", "n", "num_seeds"):
+            check_positive_int(name, getattr(self, name))
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not (isinstance(self.warmup, int) and 0 <= self.warmup < self.steps):
+            raise ValueError(f"warmup must be an integer in [0, steps), got {self.warmup!r}")
+        if not (isinstance(self.progress_every, int) and self.progress_every >= 0):
+            raise ValueError(f"progress_every must be an integer >= 0, got {self.progress_every!r}")
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """The Optax optimiser of a config: Adam (or SGD) on a cosine-with-warm-up or constant schedule."""
+    if config.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if config.warmup else config.lr,
+            peak_value=config.lr,
+            warmup_steps=config.warmup,
+            decay_steps=config.steps,
+            end_value=0.0,
+        )
+    else:
+        lr = config.lr
+    return optax.adam(lr) if config.optimizer == "adam" else optax.sgd(lr)
+
+
+def mse_loss(model: Callable[[Prompts], jax.Array], prompts: Prompts) -> jax.Array:
+    """Mean squared error ``mean_b (y_hat_b - y_query_b)^2`` (the loss of THEORY.md §1)."""
+    return jnp.mean((model(prompts) - prompts.y_query) ** 2)
+
+
+@dataclass
+class TrainResult:
+    """Trained parameters of every seed and the loss history.
+
+    Attributes:
+      graphdef: the NNX graph definition shared by all seeds.
+      params: the parameter ``nnx.State`` with a leading seed axis ``[num_seeds, ...]``.
+      losses: training loss per seed and step, ``[num_seeds, steps]`` (numpy).
+      config: the :class:`TrainConfig` used. seconds: wall time of the run (compilation included).
+    """
+
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    losses: np.ndarray
+    config: TrainConfig
+    seconds: float = field(default=0.0)
+
+    @property
+    def num_seeds(self) -> int:
+        return self.losses.shape[0]
+
+    def seed_params(self, i: int) -> nnx.State:
+        """Parameters of seed ``i`` (no seed axis)."""
+        return jax.tree.map(lambda a: a[i], self.params)
+
+    def model(self, i: int = 0) -> nnx.Module:
+        """The trained model of seed ``i`` as an NNX module (a predictor: call it on prompts)."""
+        return nnx.merge(self.graphdef, self.seed_params(i))
+
+
+def train(
+    model_fn: Callable[[nnx.Rngs], nnx.Module],
+    task: Task,
+    config: TrainConfig,
+    loss_fn: Callable = mse_loss,
+) -> TrainResult:
+    """Train ``config.num_seeds`` models at once on fresh prompts from ``task``.
+
+    Args:
+      model_fn: builds a model from ``nnx.Rngs``, e.g. ``lambda r: LinearTransformer(d, 1, rngs=r)``.
+      task: any :class:`~icl.tasks.Task`; sampled with ``config.batch`` prompts of length ``config.n``.
+      config: :class:`TrainConfig`.
+      loss_fn: ``loss_fn(model, prompts) -> scalar``; MSE by default.
+    Returns:
+      :class:`TrainResult` with per-seed parameters and losses ``[num_seeds, steps]``.
+    Raises:
+      TrainingDivergedError: the loss became NaN or inf (names the step and the last finite loss).
+    """
+    start = time.perf_counter()
+    graphdef, _ = nnx.split(model_fn(nnx.Rngs(0)))
+    keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+    init_keys, data_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+    params = jax.vmap(lambda k: nnx.split(model_fn(nnx.Rngs(params=k)))[1])(init_keys)
+    optimizer = make_optimizer(config)
+    opt_state = jax.vmap(optimizer.init)(params)
+
+    def objective(p, prompts):
+        return loss_fn(nnx.merge(graphdef, p), prompts)
+
+    def one_step(data_key, carry, step):
+        p, o = carry
+        prompts = task.sample(jax.random.fold_in(data_key, step), config.batch, config.n)
+        loss, grads = jax.value_and_grad(objective)(p, prompts)
+        updates, o = optimizer.update(grads, o, p)
+        return (optax.apply_updates(p, updates), o), loss
+
+    @functools.partial(jax.jit, static_argnames="length")
+    def run_chunk(p, o, first_step, length):
+        steps = first_step + jnp.arange(length)
+
+        def per_seed(p1, o1, k1):
+            (p1, o1), losses = jax.lax.scan(lambda c, s: one_step(k1, c, s), (p1, o1), steps)
+            return p1, o1, losses
+
+        return jax.vmap(per_seed)(p, o, data_keys)
+
+    chunk = config.progress_every or config.steps
+    history = []
+    done = 0
+    while done < config.steps:
+        length = min(chunk, config.steps - done)
+        params, opt_state, losses = run_chunk(params, opt_state, done, length=length)
+        losses = np.asarray(losses)
+        history.append(losses)
+        if not np.all(np.isfinite(losses)):
+            _raise_divergence(np.concatenate(history, axis=1))
+        done += length
+        if config.progress_every:
+            print(
+                f"[train] step {done}/{config.steps}  loss {losses[:, -1].mean():.5g} (mean of {config.num_seeds} seeds)"
+                f"  {time.perf_counter() - start:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return TrainResult(graphdef, params, np.concatenate(history, axis=1), config, time.perf_counter() - start)
+
+
+def _raise_divergence(losses: np.ndarray):
+    bad = ~np.isfinite(losses)
+    step = int(np.argmax(bad.any(axis=0)))
+    seed = int(np.argmax(bad[:, step]))
+    finite = losses[seed, :step]
+    last = f"{finite[-1]:.6g} at step {step - 1}" if finite.size else "none (diverged at the first step)"
+    raise TrainingDivergedError(
+        f"training diverged at step {step} (seed index {seed}): loss became {losses[seed, step]}; "
+        f"last finite loss {last}. Lower the learning rate (lr) or the init scale."
+    )
