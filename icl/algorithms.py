@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl.linalg import spd_solve
 from icl.tasks import Prompts
 
 __all__ = [
@@ -96,7 +97,7 @@ def ridge_weights(x: jax.Array, y: jax.Array, lam: float) -> jax.Array:
     d = x.shape[-1]
     gram = jnp.einsum("bni,bnj->bij", x, x) + lam * jnp.eye(d, dtype=x.dtype)
     rhs = jnp.einsum("bnd,bn->bd", x, y)
-    return jnp.linalg.solve(gram, rhs[..., None])[..., 0]
+    return spd_solve(gram, rhs)
 
 
 def ridge(lam: float) -> Predictor:
@@ -121,21 +122,28 @@ def posterior(x: jax.Array, y: jax.Array, prior_cov, noise_std: float) -> tuple[
     d = x.shape[-1]
     if noise_std > 0:
         prec = jnp.einsum("bni,bnj->bij", x, x) / noise_std**2 + jnp.asarray(np.linalg.inv(omega), x.dtype)
-        chol = jnp.linalg.cholesky(prec)
         eye = jnp.broadcast_to(jnp.eye(d, dtype=x.dtype), prec.shape)
-        cov = jax.scipy.linalg.cho_solve((chol, True), eye)
+        cov = spd_solve(prec, eye)
         mean = jnp.einsum("bij,bj->bi", cov, jnp.einsum("bnd,bn->bd", x, y)) / noise_std**2
         return mean, cov
     if x.shape[-2] >= d:  # noiseless with n >= d: the context determines w, the posterior is a point mass
         return least_squares_weights(x, y), jnp.zeros(x.shape[:-2] + (d, d), x.dtype)
     evals, evecs = np.linalg.eigh(omega)
     root = jnp.asarray((evecs * np.sqrt(evals)) @ evecs.T, x.dtype)  # Omega^{1/2}
-    b = x @ root
-    b_pinv = jnp.linalg.pinv(b)  # [batch, d, n]
+    b = x @ root  # [batch, n, d], full row rank n < d almost surely
+    b_pinv = _right_pinv(b)  # B^T (B B^T)^{-1}: [batch, d, n]
     mean = jnp.einsum("ij,bjn,bn->bi", root, b_pinv, y)
     proj = jnp.eye(d, dtype=x.dtype) - b_pinv @ b
     cov = root @ proj @ root
     return mean, cov
+
+
+def _right_pinv(x: jax.Array) -> jax.Array:
+    """``X^+ = X^T (X X^T)^{-1}`` for ``x: [batch, n, d]`` of full row rank ``n <= d``; ``[batch, d, n]``."""
+    n = x.shape[-2]
+    gram = jnp.einsum("bid,bjd->bij", x, x)
+    eye = jnp.broadcast_to(jnp.eye(n, dtype=x.dtype), gram.shape)
+    return jnp.swapaxes(x, -1, -2) @ spd_solve(gram, eye)
 
 
 def bayes_posterior_mean(task) -> Predictor:
@@ -157,15 +165,15 @@ def predictive_variance(task, prompts: Prompts) -> jax.Array:
 def least_squares_weights(x: jax.Array, y: jax.Array) -> jax.Array:
     """Least squares ``w_hat = X^+ y``: the minimum-norm interpolant when ``n < d`` (THEORY.md §7).
 
-    For ``n >= d`` (full column rank almost surely) this solves the normal equations
-    ``X^T X w = X^T y``, which is much cheaper than the pseudo-inverse's SVD; for ``n < d`` it uses
-    ``pinv``.
+    ``n >= d``: the normal equations ``X^T X w = X^T y``; ``n < d``: ``w = X^T (X X^T)^{-1} y``, the
+    minimum-norm solution of ``X w = y``. Both assume full rank, which holds almost surely for
+    continuous covariates.
     """
     n, d = x.shape[-2], x.shape[-1]
     if n < d:
-        return jnp.einsum("bdn,bn->bd", jnp.linalg.pinv(x), y)
+        return jnp.einsum("bdn,bn->bd", _right_pinv(x), y)
     gram = jnp.einsum("bni,bnj->bij", x, x)
-    return jnp.linalg.solve(gram, jnp.einsum("bnd,bn->bd", x, y)[..., None])[..., 0]
+    return spd_solve(gram, jnp.einsum("bnd,bn->bd", x, y))
 
 
 def least_squares() -> Predictor:

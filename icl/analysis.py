@@ -202,7 +202,7 @@ def _comparison_sums(items, task, n, chunk_size, pairs, key, num_chunks):
         return None, out
 
     @jax.jit
-    def run(k):
-        return jax.lax.scan(one_chunk, None, jax.random.split(k, num_chunks))[1]
+    def run(chunk_keys):
+        return jax.lax.scan(one_chunk, None, chunk_keys)[1]
 
-    return jax.tree.map(np.asarray, run(key))
+    return jax.tree.map(np.asarray, run(jax.random.split(key, num_chunks)))

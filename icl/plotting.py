@@ -34,8 +34,10 @@ def plot_one_step_gd(runs: list[dict], eta_curve: tuple[np.ndarray, np.ndarray],
     fig, axes = plt.subplots(1, k + 1, figsize=(3.2 * k + 4.5, 3.4), gridspec_kw={"width_ratios": [1] * k + [1.4]})
     vmax = max(float(np.abs(np.asarray(r["gamma_learned"])).max()) for r in runs)
     image = None
-    for ax, r in zip(axes[:k], runs):
+    for i, (ax, r) in enumerate(zip(axes[:k], runs)):
         image = gamma_heatmap(ax, r["gamma_learned"], f"learned $\\Gamma_{{eff}}$, $\\sigma$={r['noise']:g}", vmax)
+        if i:
+            ax.set_ylabel("")
     fig.colorbar(image, ax=list(axes[:k]), shrink=0.8, label="entry value")
     ax = axes[-1]
     ax.plot(eta_curve[0], eta_curve[1], "k-", label=r"theory $\eta^*=n/(n+d+1+\sigma^2)$")

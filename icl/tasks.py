@@ -95,6 +95,7 @@ def random_rotation(seed: int, d: int) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
+@jax.tree_util.register_pytree_node_class
 @dataclass(frozen=True, eq=False)
 class LinearRegressionTask:
     """Gaussian linear regression: ``x ~ N(0, Sigma)``, ``w ~ N(0, Omega)``, ``y = w^T x + eps``.
@@ -107,7 +108,9 @@ class LinearRegressionTask:
       x_cov: covariate covariance Sigma, ``[d, d]`` symmetric positive definite (default identity).
       w_cov: weight prior covariance Omega, ``[d, d]`` SPD (default identity).
 
-    Prefer the constructors :meth:`isotropic` and :meth:`from_eigenvalues`.
+    Prefer the constructors :meth:`isotropic` and :meth:`from_eigenvalues`. A task is a pytree (its
+    arrays and ``noise_std`` are leaves, ``d`` is static), so tasks can be passed to ``jit`` without
+    recompiling per noise level and stacked and ``vmap``-ed over for sweeps.
     """
 
     d: int
@@ -130,6 +133,18 @@ class LinearRegressionTask:
         object.__setattr__(self, "w_cov", w_cov)
         object.__setattr__(self, "_x_chol", np.linalg.cholesky(x_cov))
         object.__setattr__(self, "_w_chol", np.linalg.cholesky(w_cov))
+
+    def tree_flatten(self):
+        return (self.noise_std, self.x_cov, self.w_cov, self._x_chol, self._w_chol), self.d
+
+    @classmethod
+    def tree_unflatten(cls, d, leaves):
+        # Rebuilt inside transformations (leaves may be tracers): no validation, it ran at construction.
+        task = object.__new__(cls)
+        for name, value in zip(("noise_std", "x_cov", "w_cov", "_x_chol", "_w_chol"), leaves):
+            object.__setattr__(task, name, value)
+        object.__setattr__(task, "d", d)
+        return task
 
     @classmethod
     def isotropic(cls, d: int, noise_std: float = 0.0, tau: float = 1.0) -> "LinearRegressionTask":
@@ -167,13 +182,16 @@ class LinearRegressionTask:
         """Draw ``batch`` prompts with ``n`` context pairs each; a pure function of ``key``."""
         batch = check_positive_int("batch", batch)
         n = check_positive_int("n", n)
-        kx, kw, ke = jax.random.split(key, 3)
-        dtype = jnp.asarray(0.0).dtype
         d = self.d
-        z = jax.random.normal(kx, (batch, n + 1, d), dtype)
-        xs = z @ jnp.asarray(self._x_chol.T, dtype)
-        w = jax.random.normal(kw, (batch, d), dtype) @ jnp.asarray(self._w_chol.T, dtype)
-        ys = jnp.einsum("bnd,bd->bn", xs, w) + self.noise_std * jax.random.normal(ke, (batch, n + 1), dtype)
+        dtype = jnp.asarray(0.0).dtype
+        # One Gaussian draw split into x, w and noise: one PRNG call site compiles ~3x faster on CPU.
+        z = jax.random.normal(key, (batch, (n + 1) * (d + 1) + d), dtype)
+        x_white = z[:, : (n + 1) * d].reshape(batch, n + 1, d)
+        w_white = z[:, (n + 1) * d : (n + 2) * d]
+        noise = z[:, (n + 2) * d :]
+        xs = x_white @ jnp.asarray(self._x_chol, dtype).T
+        w = w_white @ jnp.asarray(self._w_chol, dtype).T
+        ys = jnp.einsum("bnd,bd->bn", xs, w) + self.noise_std * noise
         return Prompts(x=xs[:, :n], y=ys[:, :n], x_query=xs[:, n], y_query=ys[:, n], w=w)
 
 

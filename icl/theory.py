@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from icl.linalg import spd_solve
 from icl.tasks import check_positive_int
 
 __all__ = [
@@ -64,7 +65,7 @@ def optimal_gamma(task, n: int) -> jnp.ndarray:
     s, o, _ = _moments(task)
     e = expected_hh(task, n)
     # Gamma* = (O S) E^{-1}  <=>  E^T Gamma*^T = (O S)^T, and E is symmetric.
-    return jnp.linalg.solve(e, (o @ s).T).T
+    return spd_solve(e, (o @ s).T).T
 
 
 def optimal_risk(task, n: int) -> jnp.ndarray:

@@ -1,6 +1,6 @@
 """Training linear transformers on in-context tasks with Optax: one jitted program, vmapped over seeds.
 
-Every step draws fresh prompts from ``task.sample(fold_in(data_key, step), batch, n)``, so the data are a
+Every step draws fresh prompts from ``task.sample(split(data_key, steps)[step], batch, n)``, so the data are a
 pure function of (seed, step). The steps run inside ``lax.scan``; seeds run side by side under
 ``jax.vmap``. Steps are grouped into chunks only to report progress and to stop on divergence.
 """
@@ -67,18 +67,26 @@ class TrainConfig:
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """The Optax optimiser of a config: Adam (or SGD) on a cosine-with-warm-up or constant schedule."""
-    if config.schedule == "cosine":
+    """The Optax optimiser of a config: Adam (or SGD) on a cosine-with-warm-up or constant schedule.
+
+    Cached on the fields that define it, so equal configs share one optimiser (and one compiled loop).
+    """
+    return _optimizer(config.optimizer, config.lr, config.schedule, config.warmup, config.steps)
+
+
+@functools.lru_cache(maxsize=64)
+def _optimizer(name: str, peak_lr: float, schedule: str, warmup: int, steps: int) -> optax.GradientTransformation:
+    if schedule == "cosine":
         lr = optax.warmup_cosine_decay_schedule(
-            init_value=0.0 if config.warmup else config.lr,
-            peak_value=config.lr,
-            warmup_steps=config.warmup,
-            decay_steps=config.steps,
+            init_value=0.0 if warmup else peak_lr,
+            peak_value=peak_lr,
+            warmup_steps=warmup,
+            decay_steps=steps,
             end_value=0.0,
         )
     else:
-        lr = config.lr
-    return optax.adam(lr) if config.optimizer == "adam" else optax.sgd(lr)
+        lr = peak_lr
+    return optax.adam(lr) if name == "adam" else optax.sgd(lr)
 
 
 def mse_loss(model: Callable[[Prompts], jax.Array], prompts: Prompts) -> jax.Array:
@@ -141,33 +149,18 @@ def train(
     params = jax.vmap(lambda k: nnx.split(model_fn(nnx.Rngs(params=k)))[1])(init_keys)
     optimizer = make_optimizer(config)
     opt_state = jax.vmap(optimizer.init)(params)
-
-    def objective(p, prompts):
-        return loss_fn(nnx.merge(graphdef, p), prompts)
-
-    def one_step(data_key, carry, step):
-        p, o = carry
-        prompts = task.sample(jax.random.fold_in(data_key, step), config.batch, config.n)
-        loss, grads = jax.value_and_grad(objective)(p, prompts)
-        updates, o = optimizer.update(grads, o, p)
-        return (optax.apply_updates(p, updates), o), loss
-
-    @functools.partial(jax.jit, static_argnames="length")
-    def run_chunk(p, o, first_step, length):
-        steps = first_step + jnp.arange(length)
-
-        def per_seed(p1, o1, k1):
-            (p1, o1), losses = jax.lax.scan(lambda c, s: one_step(k1, c, s), (p1, o1), steps)
-            return p1, o1, losses
-
-        return jax.vmap(per_seed)(p, o, data_keys)
+    # Step t of seed s trains on task.sample(split(data_key_s, steps)[t]): a pure function of (seed, step).
+    # The keys are split eagerly, outside the compiled loop (one PRNG call site less to compile).
+    step_keys = jax.vmap(lambda k: jax.random.split(k, config.steps))(data_keys)
+    static = dict(graphdef=graphdef, optimizer=optimizer, loss_fn=loss_fn, batch=config.batch, n=config.n)
+    task_arg = task if _is_pytree(task) else _Opaque(task)
 
     chunk = config.progress_every or config.steps
     history = []
     done = 0
     while done < config.steps:
         length = min(chunk, config.steps - done)
-        params, opt_state, losses = run_chunk(params, opt_state, done, length=length)
+        params, opt_state, losses = _train_chunk(params, opt_state, step_keys[:, done : done + length], task_arg, **static)
         losses = np.asarray(losses)
         history.append(losses)
         if not np.all(np.isfinite(losses)):
@@ -181,6 +174,52 @@ def train(
                 flush=True,
             )
     return TrainResult(graphdef, params, np.concatenate(history, axis=1), config, time.perf_counter() - start)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "loss_fn", "batch", "n"))
+def _train_chunk(params, opt_state, keys, task, *, graphdef, optimizer, loss_fn, batch, n):
+    """Run ``keys.shape[1]`` steps for every seed: ``vmap`` over seeds of a ``lax.scan`` over steps.
+
+    Module-level and keyed on static structure only, so tasks that differ in their numbers (noise,
+    covariances; a task is a pytree) reuse one compiled program.
+    """
+
+    if isinstance(task, _Opaque):
+        task = task.obj
+
+    def one_step(carry, step_key):
+        p, o = carry
+        prompts = task.sample(step_key, batch, n)
+        loss, grads = jax.value_and_grad(lambda q: loss_fn(nnx.merge(graphdef, q), prompts))(p)
+        updates, o = optimizer.update(grads, o, p)
+        return (optax.apply_updates(p, updates), o), loss
+
+    def per_seed(p, o, k):
+        (p, o), losses = jax.lax.scan(one_step, (p, o), k)
+        return p, o, losses
+
+    return jax.vmap(per_seed)(params, opt_state, keys)
+
+
+def _is_pytree(obj) -> bool:
+    """True when ``obj`` flattens into array leaves (a registered pytree), not into itself."""
+    leaves = jax.tree.leaves(obj)
+    return not (len(leaves) == 1 and leaves[0] is obj)
+
+
+@jax.tree_util.register_pytree_node_class
+class _Opaque:
+    """Carries a non-pytree task through ``jit`` as static data (hashed by identity)."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def tree_flatten(self):
+        return (), self.obj
+
+    @classmethod
+    def tree_unflatten(cls, obj, _):
+        return cls(obj)
 
 
 def _raise_divergence(losses: np.ndarray):
