@@ -116,10 +116,15 @@ def test_recursive_least_squares_equals_ridge_on_every_prefix():
     d, n, lam = 3, 12, 0.3
     with jax.enable_x64(True):
         p = icl.LinearRegressionTask.isotropic(d, 0.5).sample(jax.random.key(7), 16, n)
-        ws = icl.recursive_least_squares_weights(p.x, p.y, lam)
-        assert ws.shape == (16, n, d)
-        for k in range(1, n + 1):
-            assert rel(ws[:, k - 1], icl.ridge_weights(p.x[:, :k], p.y[:, :k], lam)) < 1e-10
+        ws = np.asarray(icl.recursive_least_squares_weights(p.x, p.y, lam))
+        w_full = icl.ridge_weights(p.x, p.y, lam)
+    assert ws.shape == (16, n, d)
+    assert rel(ws[:, -1], w_full) < 1e-10
+    x, y, _ = np_context(p)
+    for k in range(1, n + 1):  # ridge on the first k pairs, (X_k^T X_k + lam I)^-1 X_k^T y_k
+        xk, yk = x[:, :k], y[:, :k]
+        ridge_k = np.linalg.solve(np.swapaxes(xk, 1, 2) @ xk + lam * np.eye(d), np.einsum("bnd,bn->bd", xk, yk))
+        assert rel(ws[:, k - 1], ridge_k) < 1e-10
 
 
 def test_ridge_weights_equal_numpy_normal_equations():

@@ -39,55 +39,55 @@ def test_short_training_recovers_optimal_step_size_within_3_percent():
     assert result.losses[:, -50:].mean() < result.losses[:, :10].mean()
 
 
-def test_same_config_and_seed_give_bit_identical_losses_and_parameters():
-    task = icl.LinearRegressionTask.isotropic(2, 0.3)
-    config = icl.TrainConfig(steps=15, batch=32, n=5, lr=1e-2, num_seeds=2, seed=3)
-    a, b = icl.train(lsa(2), task, config), icl.train(lsa(2), task, config)
-    np.testing.assert_array_equal(a.losses, b.losses)
-    for u, v in zip(leaves(a), leaves(b)):
+SMALL = dict(steps=15, batch=32, n=5, lr=1e-2, num_seeds=2, seed=3)
+SMALL_TASK = icl.LinearRegressionTask.isotropic(2, 0.3)
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    """One short 2-seed run shared by the determinism, seed and shape tests (saves compilations)."""
+    return icl.train(lsa(2), SMALL_TASK, icl.TrainConfig(**SMALL))
+
+
+def test_same_config_and_seed_give_bit_identical_losses_and_parameters(small_run):
+    again = icl.train(lsa(2), SMALL_TASK, icl.TrainConfig(**SMALL))
+    np.testing.assert_array_equal(again.losses, small_run.losses)
+    for u, v in zip(leaves(again), leaves(small_run)):
         np.testing.assert_array_equal(u, v)
 
 
-def test_progress_chunks_do_not_change_the_result():
-    task = icl.LinearRegressionTask.isotropic(2, 0.3)
-    base = dict(steps=12, batch=32, n=5, lr=1e-2, seed=1)
-    a = icl.train(lsa(2), task, icl.TrainConfig(**base))
-    b = icl.train(lsa(2), task, icl.TrainConfig(**base, progress_every=5))
-    np.testing.assert_allclose(b.losses, a.losses, rtol=1e-6)
-    for u, v in zip(leaves(a), leaves(b)):
-        np.testing.assert_allclose(v, u, rtol=1e-5, atol=1e-7)
+def test_progress_chunks_do_not_change_the_result(small_run):
+    chunked = icl.train(lsa(2), SMALL_TASK, icl.TrainConfig(**SMALL, progress_every=4))
+    np.testing.assert_allclose(chunked.losses, small_run.losses, rtol=1e-6)
+    for u, v in zip(leaves(chunked), leaves(small_run)):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7)
 
 
-def test_different_seeds_give_different_losses_and_parameters():
-    task = icl.LinearRegressionTask.isotropic(2, 0.3)
-    a = icl.train(lsa(2), task, icl.TrainConfig(steps=10, batch=32, n=5, seed=0))
-    b = icl.train(lsa(2), task, icl.TrainConfig(steps=10, batch=32, n=5, seed=1))
-    assert not np.array_equal(a.losses, b.losses)
-    assert all(not np.array_equal(u, v) for u, v in zip(leaves(a), leaves(b)))
+def test_different_seeds_give_different_losses_and_parameters(small_run):
+    other = icl.train(lsa(2), SMALL_TASK, icl.TrainConfig(**{**SMALL, "seed": 4}))
+    assert not np.array_equal(other.losses, small_run.losses)
+    assert all(not np.array_equal(u, v) for u, v in zip(leaves(other), leaves(small_run)))
 
 
-def test_num_seeds_gives_per_seed_losses_and_parameters_with_leading_seed_axis():
-    d, steps, seeds = 2, 7, 3
-    task = icl.LinearRegressionTask.isotropic(d, 0.3)
-    result = icl.train(lsa(d), task, icl.TrainConfig(steps=steps, batch=16, n=4, num_seeds=seeds))
-    assert result.losses.shape == (seeds, steps) and result.num_seeds == seeds
-    assert result.params["layers"][0]["w_pv"][...].shape == (seeds, d + 1, d + 1)
-    assert len({row.tobytes() for row in result.losses}) == seeds  # every seed has its own data and init
-    p = task.sample(jax.random.key(0), 5, 4)
+def test_num_seeds_gives_per_seed_losses_and_parameters_with_leading_seed_axis(small_run):
+    seeds, steps, d = SMALL["num_seeds"], SMALL["steps"], 2
+    assert small_run.losses.shape == (seeds, steps) and small_run.num_seeds == seeds
+    assert small_run.params["layers"][0]["w_pv"][...].shape == (seeds, d + 1, d + 1)
+    assert not np.array_equal(small_run.losses[0], small_run.losses[1])  # own data and init per seed
+    p = SMALL_TASK.sample(jax.random.key(0), 5, SMALL["n"])
     for i in range(seeds):
-        assert result.model(i)(p).shape == (5,)
-        np.testing.assert_allclose(
-            result.model(i).layers[0].w_kq[...], result.params["layers"][0]["w_kq"][...][i], rtol=0)
+        model = small_run.model(i)
+        assert model(p).shape == (5,)
+        np.testing.assert_array_equal(model.layers[0].w_kq[...], small_run.params["layers"][0]["w_kq"][...][i])
 
 
 DIVERGING = dict(batch=64, n=10, lr=1.0, optimizer="sgd", schedule="constant")  # SGD on a quartic loss blows up
 
 
-@pytest.mark.parametrize("progress_every", [0, 2])
-def test_divergence_raises_error_naming_step_and_last_finite_loss(progress_every):
+def test_divergence_raises_error_naming_step_and_last_finite_loss():
     task = icl.LinearRegressionTask.isotropic(3, 0.5)
     with pytest.raises(icl.TrainingDivergedError) as info:
-        icl.train(lsa(3, 1.0), task, icl.TrainConfig(steps=40, progress_every=progress_every, **DIVERGING))
+        icl.train(lsa(3, 1.0), task, icl.TrainConfig(steps=40, **DIVERGING))
     message = str(info.value)
     match = re.search(r"diverged at step (\d+).*last finite loss (\S+) at step (\d+)", message)
     assert match, message
@@ -97,6 +97,9 @@ def test_divergence_raises_error_naming_step_and_last_finite_loss(progress_every
     ok = icl.train(lsa(3, 1.0), task, icl.TrainConfig(steps=step, **DIVERGING))
     assert np.all(np.isfinite(ok.losses))
     assert ok.losses[0, -1] == pytest.approx(last_loss, rel=1e-5)
+    # Progress chunks report the same global step.
+    with pytest.raises(icl.TrainingDivergedError, match=rf"diverged at step {step} "):
+        icl.train(lsa(3, 1.0), task, icl.TrainConfig(steps=40, progress_every=2, **DIVERGING))
 
 
 def test_training_diverged_error_is_a_runtime_error():
