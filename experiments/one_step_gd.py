@@ -13,7 +13,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import icl
@@ -23,6 +22,8 @@ from icl.experiment import (
     relative_claim,
     run_directory,
     save_figure_atomic,
+    seed_mean_losses,
+    train_lsa_seeds,
     write_summary,
 )
 from icl.plotting import plot_one_step_gd
@@ -34,12 +35,9 @@ def run_noise_level(args, noise: float, key) -> tuple[dict, list]:
     """Train the LSA at one noise level over all seeds, compare with the baselines, build the claims."""
     d, n = args.d, args.n
     task = icl.LinearRegressionTask.isotropic(d, noise)
-    config = icl.TrainConfig(steps=args.steps, batch=args.batch, n=n, lr=args.lr, num_seeds=args.seeds,
-                             seed=args.seed, progress_every=args.steps // 5 if args.progress else 0)
-    result = icl.train(lambda r: icl.LinearTransformer(d, 1, init_scale=args.init_scale, rngs=r), task, config)
+    result, gammas = train_lsa_seeds(task, args)  # gammas: [seeds, d, d]
     layer = result.params["layers"][0]
     w_pv, w_kq = layer["w_pv"][...], layer["w_kq"][...]
-    gammas = np.asarray(icl.implied_preconditioner(w_pv, w_kq))  # [seeds, d, d]
     etas = np.trace(gammas, axis1=1, axis2=2) / d
     residuals = {k: np.asarray(v) for k, v in icl.residual_terms(w_pv, w_kq).items()}
     eta_star = icl.isotropic_optimal_step_size(d, n, noise)
@@ -50,8 +48,7 @@ def run_noise_level(args, noise: float, key) -> tuple[dict, list]:
                   "ols": icl.least_squares()}
     comparison = icl.compare_predictors(predictors, task, key, n, num_prompts=args.eval_prompts,
                                         pairs=[("lsa_0", "gd_optimal")])
-    lsa_losses = np.array([comparison.losses[k][0] for k in lsa])
-    lsa_ses = np.array([comparison.losses[k][1] for k in lsa])
+    lsa_loss, lsa_se, lsa_losses = seed_mean_losses(comparison)
     off_diag = np.abs(gammas.mean(0) * (1 - np.eye(d))).max()
     run = {
         "noise": noise,
@@ -66,13 +63,13 @@ def run_noise_level(args, noise: float, key) -> tuple[dict, list]:
         "residual_terms": {k: {"mean": float(v.mean()), "max": float(v.max())} for k, v in residuals.items()},
         "risk_theory": risk_star,
         "loss": {
-            "lsa": float(lsa_losses.mean()),
+            "lsa": lsa_loss,
             "gd_optimal": comparison.losses["gd_optimal"][0],
             "bayes": comparison.losses["bayes"][0],
             "ols": comparison.losses["ols"][0],
         },
         "loss_se": {
-            "lsa": float(lsa_ses.max()),
+            "lsa": lsa_se,
             "gd_optimal": comparison.losses["gd_optimal"][1],
             "bayes": comparison.losses["bayes"][1],
             "ols": comparison.losses["ols"][1],

@@ -28,6 +28,8 @@ __all__ = [
     "write_summary",
     "base_parser",
     "print_claims",
+    "train_lsa_seeds",
+    "seed_mean_losses",
 ]
 
 
@@ -145,7 +147,7 @@ def base_parser(description: str, **defaults) -> argparse.ArgumentParser:
     """Flags every experiment shares; ``defaults`` override the built-in defaults by flag name."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = {"d": 5, "n": 10, "noise": [0.0], "steps": 500, "batch": 512, "seeds": 4, "lr": 1e-2, "seed": 0,
-         "init_scale": 0.01, "eval_prompts": 200_000}
+         "init_scale": 0.01, "init_diag": 0.0, "eval_prompts": 200_000}
     d.update(defaults)
     p.add_argument("--d", type=int, default=d["d"], help="input dimension")
     p.add_argument("--n", type=int, default=d["n"], help="context length (examples per prompt)")
@@ -156,6 +158,8 @@ def base_parser(description: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d["lr"], help="peak Adam learning rate (cosine decay)")
     p.add_argument("--seed", type=int, default=d["seed"], help="base random seed")
     p.add_argument("--init-scale", type=float, default=d["init_scale"], help="std of the initial weights")
+    p.add_argument("--init-diag", type=float, default=d["init_diag"],
+                   help="added to the diagonal of W^PV and W^KQ at start (starts on the c A^T path)")
     p.add_argument("--eval-prompts", type=int, default=d["eval_prompts"], help="fresh prompts for the loss comparison")
     p.add_argument("--out", default=None, help="output folder (default: results/<experiment>-<config hash>)")
     p.add_argument("--progress", action="store_true", help="print training progress")
@@ -168,3 +172,27 @@ def print_claims(claims: list[Claim]) -> None:
     for c in claims:
         theory = "-" if c.theory is None else f"{c.theory:.5g}"
         print(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name:<{width}}  theory {theory:>10}  measured {c.measured:.5g}  tol {c.tolerance:g}")
+
+
+def train_lsa_seeds(task, args, num_layers: int = 1):
+    """Train ``args.seeds`` one-layer (or ``num_layers``) linear transformers on ``task`` with the shared flags.
+
+    Returns ``(result, gammas)`` where ``gammas: [seeds, d, d]`` holds each seed's first-layer
+    ``Gamma_eff`` (numpy). Flags used: ``steps, batch, n, lr, seeds, seed, init_scale, init_diag, progress``.
+    """
+    import icl
+
+    config = icl.TrainConfig(steps=args.steps, batch=args.batch, n=args.n, lr=args.lr, num_seeds=args.seeds,
+                             seed=args.seed, progress_every=max(args.steps // 5, 1) if args.progress else 0)
+    d = task.d
+    result = icl.train(lambda r: icl.LinearTransformer(d, num_layers, init_scale=args.init_scale, init_diag=args.init_diag, rngs=r), task, config)
+    layer = result.params["layers"][0]
+    gammas = np.asarray(icl.implied_preconditioner(layer["w_pv"][...], layer["w_kq"][...]))
+    return result, gammas
+
+
+def seed_mean_losses(comparison, prefix: str = "lsa_") -> tuple[float, float, list[float]]:
+    """Mean over seeds of the losses named ``prefix*`` in a comparison: ``(mean, largest SE, per seed)``."""
+    names = [k for k in comparison.losses if k.startswith(prefix)]
+    losses = [comparison.losses[k][0] for k in names]
+    return float(np.mean(losses)), float(max(comparison.losses[k][1] for k in names)), losses

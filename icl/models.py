@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from icl.tasks import Prompts, check_positive_int
@@ -37,17 +38,24 @@ class LinearSelfAttention(nnx.Module):
     Args:
       d: input dimension (tokens have ``d + 1`` coordinates).
       init_scale: entries start i.i.d. ``N(0, init_scale^2)``; 0 starts at zero.
+      init_diag: added to the diagonal of both matrices at start (``W = init_diag I + noise``). A
+        positive value starts on the ``c A^T`` path (``b = a = 0``, as in Zhang, Frei & Bartlett's
+        initialisation), which avoids the rank-one ``a b^T`` stationary points that small random
+        starts can fall into when Sigma is far from isotropic.
       rngs: ``nnx.Rngs`` with a ``params`` stream.
     """
 
-    def __init__(self, d: int, *, init_scale: float = 0.01, rngs: nnx.Rngs):
+    def __init__(self, d: int, *, init_scale: float = 0.01, init_diag: float = 0.0, rngs: nnx.Rngs):
         d = check_positive_int("d", d)
         if not init_scale >= 0:
             raise ValueError(f"init_scale must be >= 0, got {init_scale!r}")
+        if not np.isfinite(init_diag):
+            raise ValueError(f"init_diag must be finite, got {init_diag!r}")
         self.d = d
         shape = (d + 1, d + 1)
-        self.w_pv = nnx.Param(init_scale * jax.random.normal(rngs.params(), shape))
-        self.w_kq = nnx.Param(init_scale * jax.random.normal(rngs.params(), shape))
+        diag = init_diag * jnp.eye(d + 1)
+        self.w_pv = nnx.Param(diag + init_scale * jax.random.normal(rngs.params(), shape))
+        self.w_kq = nnx.Param(diag + init_scale * jax.random.normal(rngs.params(), shape))
 
     def __call__(
         self, context: jax.Array, query: jax.Array, update_context: bool = True
@@ -76,10 +84,14 @@ class LinearTransformer(nnx.Module):
     Call it on a :class:`~icl.tasks.Prompts` to get predictions ``[batch]``.
     """
 
-    def __init__(self, d: int, num_layers: int = 1, *, init_scale: float = 0.01, rngs: nnx.Rngs):
+    def __init__(
+        self, d: int, num_layers: int = 1, *, init_scale: float = 0.01, init_diag: float = 0.0, rngs: nnx.Rngs
+    ):
         check_positive_int("num_layers", num_layers)
         self.d = check_positive_int("d", d)
-        self.layers = nnx.List([LinearSelfAttention(d, init_scale=init_scale, rngs=rngs) for _ in range(num_layers)])
+        self.layers = nnx.List(
+            [LinearSelfAttention(d, init_scale=init_scale, init_diag=init_diag, rngs=rngs) for _ in range(num_layers)]
+        )
 
     def tokens(self, prompts: Prompts, query_only: bool = False) -> tuple[jax.Array, jax.Array]:
         """Run all layers; return the final context ``[batch, n, d+1]`` and query ``[batch, d+1]`` tokens.

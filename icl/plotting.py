@@ -11,14 +11,14 @@ import numpy as np  # noqa: E402
 __all__ = ["gamma_heatmap", "plot_one_step_gd"]
 
 
-def gamma_heatmap(ax, gamma, title: str, vmax: float | None = None):
+def gamma_heatmap(ax, gamma, title: str, vmax: float | None = None, ylabel: bool = True):
     """Draw a ``d x d`` preconditioner as a diverging heat map (symmetric colour scale) on ``ax``."""
     gamma = np.asarray(gamma)
     vmax = float(np.abs(gamma).max()) if vmax is None else vmax
     image = ax.imshow(gamma, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("column j")
-    ax.set_ylabel("row i")
+    ax.set_ylabel("row i" if ylabel else "")
     ax.set_xticks(range(gamma.shape[1]))
     ax.set_yticks(range(gamma.shape[0]))
     return image
@@ -35,9 +35,8 @@ def plot_one_step_gd(runs: list[dict], eta_curve: tuple[np.ndarray, np.ndarray],
     vmax = max(float(np.abs(np.asarray(r["gamma_learned"])).max()) for r in runs)
     image = None
     for i, (ax, r) in enumerate(zip(axes[:k], runs)):
-        image = gamma_heatmap(ax, r["gamma_learned"], f"learned $\\Gamma_{{eff}}$, $\\sigma$={r['noise']:g}", vmax)
-        if i:
-            ax.set_ylabel("")
+        image = gamma_heatmap(ax, r["gamma_learned"], f"learned $\\Gamma_{{eff}}$, $\\sigma$={r['noise']:g}", vmax,
+                              ylabel=i == 0)
     fig.colorbar(image, ax=list(axes[:k]), shrink=0.8, label="entry value")
     ax = axes[-1]
     ax.plot(eta_curve[0], eta_curve[1], "k-", label=r"theory $\eta^*=n/(n+d+1+\sigma^2)$")

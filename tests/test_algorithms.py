@@ -83,6 +83,23 @@ def test_noiseless_posterior_with_n_ge_d_is_least_squares_with_zero_variance():
     np.testing.assert_array_equal(var, 0.0)
 
 
+def test_noiseless_posterior_with_n_lt_d_is_gaussian_conditioning_on_the_context():
+    """sigma = 0, n < d: mean = Omega X^T (X Omega X^T)^-1 y, Cov = Omega - Omega X^T (X Omega X^T)^-1 X Omega."""
+    d, n = 4, 2
+    omega = np.array([[2.0, 0.3, 0.0, 0.1], [0.3, 1.0, 0.2, 0.0], [0.0, 0.2, 0.5, 0.0], [0.1, 0.0, 0.0, 1.5]])
+    with jax.enable_x64(True):
+        task = icl.LinearRegressionTask(d=d, noise_std=0.0, w_cov=omega)
+        p = task.sample(jax.random.key(12), 8, n)
+        mean, cov = icl.posterior(p.x, p.y, omega, 0.0)
+        var = icl.predictive_variance(task, p)
+    x, y, xq = np_context(p)
+    for xi, yi, q, m, c, v in zip(x, y, xq, np.asarray(mean), np.asarray(cov), np.asarray(var)):
+        k = omega @ xi.T @ np.linalg.inv(xi @ omega @ xi.T)
+        assert rel(m, k @ yi) < 1e-10
+        assert rel(c, omega - k @ xi @ omega) < 1e-10
+        assert v == pytest.approx(q @ (omega - k @ xi @ omega) @ q, rel=1e-10)
+
+
 def test_least_squares_with_n_lt_d_is_the_minimum_norm_interpolant():
     d, n = 6, 3
     with jax.enable_x64(True):
@@ -123,7 +140,7 @@ def test_recursive_least_squares_equals_ridge_on_every_prefix():
     x, y, _ = np_context(p)
     for k in range(1, n + 1):  # ridge on the first k pairs, (X_k^T X_k + lam I)^-1 X_k^T y_k
         xk, yk = x[:, :k], y[:, :k]
-        ridge_k = np.linalg.solve(np.swapaxes(xk, 1, 2) @ xk + lam * np.eye(d), np.einsum("bnd,bn->bd", xk, yk))
+        ridge_k = np.linalg.solve(np.swapaxes(xk, 1, 2) @ xk + lam * np.eye(d), np.einsum("bnd,bn->bd", xk, yk)[..., None])[..., 0]
         assert rel(ws[:, k - 1], ridge_k) < 1e-10
 
 
