@@ -23,7 +23,7 @@ from icl.experiment import (
     run_directory,
     save_figure_atomic,
     seed_mean_losses,
-    train_lsa_seeds,
+    train_lsa_grid,
     write_summary,
 )
 from icl.plotting import plot_one_step_gd
@@ -31,11 +31,14 @@ from icl.plotting import plot_one_step_gd
 EXPERIMENT = "one_step_gd"
 
 
-def run_noise_level(args, noise: float, key) -> tuple[dict, list]:
-    """Train the LSA at one noise level over all seeds, compare with the baselines, build the claims."""
+def make_task(args, noise: float) -> icl.LinearRegressionTask:
+    return icl.LinearRegressionTask.isotropic(args.d, noise)
+
+
+def analyse_noise_level(args, noise: float, result, gammas, key) -> tuple[dict, list]:
+    """Read eta off the trained seeds at one noise level, compare with the baselines, build the claims."""
     d, n = args.d, args.n
-    task = icl.LinearRegressionTask.isotropic(d, noise)
-    result, gammas = train_lsa_seeds(task, args)  # gammas: [seeds, d, d]
+    task = make_task(args, noise)
     layer = result.params["layers"][0]
     w_pv, w_kq = layer["w_pv"][...], layer["w_kq"][...]
     etas = np.trace(gammas, axis1=1, axis2=2) / d
@@ -97,8 +100,10 @@ def main(argv=None) -> dict:
     out_dir = run_directory(args.out, EXPERIMENT, config)
     eval_keys = jax.random.split(jax.random.key(args.seed + 10_000), len(args.noise))
     runs, claims = [], []
-    for noise, key in zip(args.noise, eval_keys):
-        run, run_claims = run_noise_level(args, noise, key)
+    trained = train_lsa_grid(lambda noise: make_task(args, noise), {"noise": args.noise}, args)
+    for (point, result, gammas), key in zip(trained, eval_keys):
+        noise = point["noise"]
+        run, run_claims = analyse_noise_level(args, noise, result, gammas, key)
         runs.append(run)
         claims.extend(run_claims)
         print(f"sigma={noise:g}: eta learned {run['eta_learned_mean']:.4f} ± {run['eta_learned_std']:.4f} "

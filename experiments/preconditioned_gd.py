@@ -26,7 +26,7 @@ from icl.experiment import (
     run_directory,
     save_figure_atomic,
     seed_mean_losses,
-    train_lsa_seeds,
+    train_lsa_grid,
     upper_bound_claim,
     write_summary,
 )
@@ -44,11 +44,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def run_prior(args, w_prior: str, key) -> tuple[dict, list]:
-    """Train at one weight prior, read Gamma_eff, compare with Gamma* and the baselines."""
+def make_task(args, w_prior: str) -> icl.LinearRegressionTask:
+    return icl.LinearRegressionTask.from_eigenvalues(args.x_cov_eigs, args.noise[0], w_prior=w_prior,
+                                                     rotation_seed=args.seed)
+
+
+def analyse_prior(args, w_prior: str, result, gammas, key) -> tuple[dict, list]:
+    """Compare one weight prior's trained Gamma_eff with Gamma* and the baselines; build the claims."""
     noise, n = args.noise[0], args.n
-    task = icl.LinearRegressionTask.from_eigenvalues(args.x_cov_eigs, noise, w_prior=w_prior, rotation_seed=args.seed)
-    result, gammas = train_lsa_seeds(task, args)
+    task = make_task(args, w_prior)
     gamma = gammas.mean(0)
     gamma_star = np.asarray(icl.optimal_gamma(task, n))
     risk_star = float(icl.optimal_risk(task, n))
@@ -132,8 +136,10 @@ def main(argv=None) -> dict:
     out_dir = run_directory(args.out, EXPERIMENT, config)
     keys = jax.random.split(jax.random.key(args.seed + 10_000), len(args.w_prior))
     runs, claims = [], []
-    for prior, key in zip(args.w_prior, keys):
-        run, run_claims = run_prior(args, prior, key)
+    trained = train_lsa_grid(lambda w_prior: make_task(args, w_prior), {"w_prior": args.w_prior}, args)
+    for (point, result, gammas), key in zip(trained, keys):
+        prior = point["w_prior"]
+        run, run_claims = analyse_prior(args, prior, result, gammas, key)
         runs.append(run)
         claims.extend(run_claims)
         print(f"{prior} prior: rel. error of Gamma_eff vs Gamma* {run['gamma_rel_error']:.4f}; "

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from icl.sweeps import grid_points
+
 __all__ = [
     "Claim",
     "relative_claim",
@@ -28,7 +30,7 @@ __all__ = [
     "write_summary",
     "base_parser",
     "print_claims",
-    "train_lsa_seeds",
+    "train_lsa_grid",
     "seed_mean_losses",
 ]
 
@@ -174,21 +176,28 @@ def print_claims(claims: list[Claim]) -> None:
         print(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name:<{width}}  theory {theory:>10}  measured {c.measured:.5g}  tol {c.tolerance:g}")
 
 
-def train_lsa_seeds(task, args, num_layers: int = 1):
-    """Train ``args.seeds`` one-layer (or ``num_layers``) linear transformers on ``task`` with the shared flags.
+def train_lsa_grid(task_fn, grid: dict, args, num_layers: int = 1) -> list:
+    """Train ``args.seeds`` linear transformers per grid point with the shared flags, as one sweep.
 
-    Returns ``(result, gammas)`` where ``gammas: [seeds, d, d]`` holds each seed's first-layer
-    ``Gamma_eff`` (numpy). Flags used: ``steps, batch, n, lr, seeds, seed, init_scale, init_diag, progress``.
+    ``task_fn(**point)`` builds each point's task (see :func:`icl.sweeps.sweep`). Returns a list of
+    ``(point, result, gammas)`` with ``gammas: [seeds, d, d]`` each seed's first-layer ``Gamma_eff``
+    (numpy). Flags used: ``steps, batch, n, lr, seeds, seed, init_scale, init_diag, progress``.
     """
     import icl
+    from icl.sweeps import sweep
 
     config = icl.TrainConfig(steps=args.steps, batch=args.batch, n=args.n, lr=args.lr, num_seeds=args.seeds,
                              seed=args.seed, progress_every=max(args.steps // 5, 1) if args.progress else 0)
-    d = task.d
-    result = icl.train(lambda r: icl.LinearTransformer(d, num_layers, init_scale=args.init_scale, init_diag=args.init_diag, rngs=r), task, config)
-    layer = result.params["layers"][0]
-    gammas = np.asarray(icl.implied_preconditioner(layer["w_pv"][...], layer["w_kq"][...]))
-    return result, gammas
+    d = task_fn(**grid_points(grid)[0]).d
+
+    def model_fn(rngs):
+        return icl.LinearTransformer(d, num_layers, init_scale=args.init_scale, init_diag=args.init_diag, rngs=rngs)
+
+    out = []
+    for point, result in sweep(model_fn, task_fn, config, grid):
+        layer = result.params["layers"][0]
+        out.append((point, result, np.asarray(icl.implied_preconditioner(layer["w_pv"][...], layer["w_kq"][...]))))
+    return out
 
 
 def seed_mean_losses(comparison, prefix: str = "lsa_") -> tuple[float, float, list[float]]:

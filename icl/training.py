@@ -1,7 +1,7 @@
 """Training linear transformers on in-context tasks with Optax: one jitted program, vmapped over seeds.
 
-Every step draws fresh prompts from ``task.sample(split(data_key, steps)[step], batch, n)``, so the data are a
-pure function of (seed, step). The steps run inside ``lax.scan``; seeds run side by side under
+Every step draws fresh prompts from ``task.sample(key(seed, run, step), batch, n)``: the data are a pure
+function of (seed, run, step). The steps run inside ``lax.scan``; seeds run side by side under
 ``jax.vmap``. Steps are grouped into chunks only to report progress and to stop on divergence.
 """
 
@@ -21,7 +21,7 @@ from flax import nnx
 
 from icl.tasks import Prompts, Task, check_positive_int
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDivergedError", "train", "make_optimizer", "mse_loss"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingDivergedError", "train", "make_optimizer", "mse_loss", "run_training_grid"]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -69,24 +69,23 @@ class TrainConfig:
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """The Optax optimiser of a config: Adam (or SGD) on a cosine-with-warm-up or constant schedule.
 
-    Cached on the fields that define it, so equal configs share one optimiser (and one compiled loop).
+    Written as ``chain(scale_by_adam, scale_by_schedule(shape), scale(-lr))`` where ``shape`` is the
+    schedule normalised to peak 1, so the learning rate can also be a traced per-run value (sweeps).
     """
-    return _optimizer(config.optimizer, config.lr, config.schedule, config.warmup, config.steps)
+    return _transform(config.optimizer, config.schedule, config.warmup, config.steps, config.lr)
 
 
-@functools.lru_cache(maxsize=64)
-def _optimizer(name: str, peak_lr: float, schedule: str, warmup: int, steps: int) -> optax.GradientTransformation:
+def _schedule_shape(schedule: str, warmup: int, steps: int):
     if schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(
-            init_value=0.0 if warmup else peak_lr,
-            peak_value=peak_lr,
-            warmup_steps=warmup,
-            decay_steps=steps,
-            end_value=0.0,
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if warmup else 1.0, peak_value=1.0, warmup_steps=warmup, decay_steps=steps, end_value=0.0
         )
-    else:
-        lr = peak_lr
-    return optax.adam(lr) if name == "adam" else optax.sgd(lr)
+    return optax.constant_schedule(1.0)
+
+
+def _transform(name: str, schedule: str, warmup: int, steps: int, lr) -> optax.GradientTransformation:
+    parts = [optax.scale_by_adam()] if name == "adam" else []
+    return optax.chain(*parts, optax.scale_by_schedule(_schedule_shape(schedule, warmup, steps)), optax.scale(-lr))
 
 
 def mse_loss(model: Callable[[Prompts], jax.Array], prompts: Prompts) -> jax.Array:
@@ -144,23 +143,42 @@ def train(
     """
     start = time.perf_counter()
     graphdef, _ = nnx.split(model_fn(nnx.Rngs(0)))
-    keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
-    init_keys, data_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
-    params = jax.vmap(lambda k: nnx.split(model_fn(nnx.Rngs(params=k)))[1])(init_keys)
+    run_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(config.seed), i))(jnp.arange(config.num_seeds))
+    params = jax.vmap(lambda k: nnx.split(model_fn(nnx.Rngs(params=jax.random.fold_in(k, 0))))[1])(run_keys)
+    lrs = jnp.full((config.num_seeds,), config.lr)
+    params, losses = run_training_grid(graphdef, params, lrs, run_keys, task, False, config, loss_fn, start=start)
+    return TrainResult(graphdef, params, losses, config, time.perf_counter() - start)
+
+
+def run_training_grid(graphdef, params, lrs, run_keys, task, task_batched: bool, config: TrainConfig,
+                      loss_fn: Callable = mse_loss, start: float | None = None, sharding=None):
+    """The engine behind :func:`train` and :func:`icl.sweeps.sweep`: train ``P`` runs side by side.
+
+    Run ``p`` starts from ``params[p]`` with peak learning rate ``lrs[p]`` and trains on
+    ``task.sample(split(fold_in(run_keys[p], 1), steps)[t], batch, n)`` at step ``t`` (a pure function
+    of the run key and the step). ``task`` is shared, or batched along a leading axis when
+    ``task_batched``. With ``sharding`` (a ``NamedSharding`` over the run axis) every per-run input is
+    placed on it, so ``jit`` splits the runs across devices. Returns ``(params, losses [P, steps])``.
+    """
+    start = time.perf_counter() if start is None else start
     optimizer = make_optimizer(config)
     opt_state = jax.vmap(optimizer.init)(params)
-    # Step t of seed s trains on task.sample(split(data_key_s, steps)[t]): a pure function of (seed, step).
     # The keys are split eagerly, outside the compiled loop (one PRNG call site less to compile).
-    step_keys = jax.vmap(lambda k: jax.random.split(k, config.steps))(data_keys)
-    static = dict(graphdef=graphdef, optimizer=optimizer, loss_fn=loss_fn, batch=config.batch, n=config.n)
+    step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, 1), config.steps))(run_keys)
     task_arg = task if _is_pytree(task) else _Opaque(task)
-
+    if sharding is not None:
+        params, opt_state, step_keys, lrs = jax.device_put((params, opt_state, step_keys, lrs), sharding)
+        if task_batched:
+            task_arg = jax.device_put(task_arg, sharding)
+    static = dict(graphdef=graphdef, loss_fn=loss_fn, batch=config.batch, n=config.n, task_batched=task_batched,
+                  transform=(config.optimizer, config.schedule, config.warmup, config.steps))
     chunk = config.progress_every or config.steps
     history = []
     done = 0
     while done < config.steps:
         length = min(chunk, config.steps - done)
-        params, opt_state, losses = _train_chunk(params, opt_state, step_keys[:, done : done + length], task_arg, **static)
+        params, opt_state, losses = _train_chunk(params, opt_state, step_keys[:, done : done + length], lrs, task_arg,
+                                                 **static)
         losses = np.asarray(losses)
         history.append(losses)
         if not np.all(np.isfinite(losses)):
@@ -168,37 +186,38 @@ def train(
         done += length
         if config.progress_every:
             print(
-                f"[train] step {done}/{config.steps}  loss {losses[:, -1].mean():.5g} (mean of {config.num_seeds} seeds)"
+                f"[train] step {done}/{config.steps}  loss {losses[:, -1].mean():.5g} (mean of {losses.shape[0]} runs)"
                 f"  {time.perf_counter() - start:.1f}s",
                 file=sys.stderr,
                 flush=True,
             )
-    return TrainResult(graphdef, params, np.concatenate(history, axis=1), config, time.perf_counter() - start)
+    return params, np.concatenate(history, axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "loss_fn", "batch", "n"))
-def _train_chunk(params, opt_state, keys, task, *, graphdef, optimizer, loss_fn, batch, n):
-    """Run ``keys.shape[1]`` steps for every seed: ``vmap`` over seeds of a ``lax.scan`` over steps.
+@functools.partial(jax.jit, static_argnames=("graphdef", "transform", "loss_fn", "batch", "n", "task_batched"))
+def _train_chunk(params, opt_state, keys, lrs, task, *, graphdef, transform, loss_fn, batch, n, task_batched):
+    """``keys.shape[1]`` steps of every run: ``vmap`` over runs of a ``lax.scan`` over steps.
 
     Module-level and keyed on static structure only, so tasks that differ in their numbers (noise,
-    covariances; a task is a pytree) reuse one compiled program.
+    covariances; a task is a pytree) and runs that differ in seed or learning rate share one program.
     """
-
     if isinstance(task, _Opaque):
         task = task.obj
 
-    def one_step(carry, step_key):
-        p, o = carry
-        prompts = task.sample(step_key, batch, n)
-        loss, grads = jax.value_and_grad(lambda q: loss_fn(nnx.merge(graphdef, q), prompts))(p)
-        updates, o = optimizer.update(grads, o, p)
-        return (optax.apply_updates(p, updates), o), loss
+    def per_run(p, o, k, lr, run_task):
+        optimizer = _transform(*transform, lr)
 
-    def per_seed(p, o, k):
+        def one_step(carry, step_key):
+            q, s = carry
+            prompts = run_task.sample(step_key, batch, n)
+            loss, grads = jax.value_and_grad(lambda v: loss_fn(nnx.merge(graphdef, v), prompts))(q)
+            updates, s = optimizer.update(grads, s, q)
+            return (optax.apply_updates(q, updates), s), loss
+
         (p, o), losses = jax.lax.scan(one_step, (p, o), k)
         return p, o, losses
 
-    return jax.vmap(per_seed)(params, opt_state, keys)
+    return jax.vmap(per_run, in_axes=(0, 0, 0, 0, 0 if task_batched else None))(params, opt_state, keys, lrs, task)
 
 
 def _is_pytree(obj) -> bool:
