@@ -10,22 +10,12 @@ eta* = n / (n + d + 1 + sigma^2) and risk R* = d (d + 1 + sigma^2) / (n + d + 1 
 from __future__ import annotations
 
 import sys
-import time
 
 import jax
 import numpy as np
 
 import icl
-from icl.experiment import (
-    base_parser,
-    print_claims,
-    relative_claim,
-    run_directory,
-    save_figure_atomic,
-    seed_mean_losses,
-    train_lsa_grid,
-    write_summary,
-)
+from icl.experiment import base_parser, finish_run, relative_claim, seed_mean_losses, start_run, train_lsa_grid
 from icl.plotting import plot_one_step_gd
 
 EXPERIMENT = "one_step_gd"
@@ -95,9 +85,7 @@ def analyse_noise_level(args, noise: float, result, gammas, key) -> tuple[dict, 
 
 def main(argv=None) -> dict:
     args = base_parser(__doc__.splitlines()[0], noise=[0.0, 0.5, 1.0]).parse_args(argv)
-    start = time.perf_counter()
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "progress")}
-    out_dir = run_directory(args.out, EXPERIMENT, config)
+    config, out_dir, start = start_run(args, EXPERIMENT)
     eval_keys = jax.random.split(jax.random.key(args.seed + 10_000), len(args.noise))
     runs, claims = [], []
     trained = train_lsa_grid(lambda noise: make_task(args, noise), {"noise": args.noise}, args)
@@ -111,14 +99,8 @@ def main(argv=None) -> dict:
               f"(GD* {run['loss']['gd_optimal']:.4f}, Bayes {run['loss']['bayes']:.4f}, OLS {run['loss']['ols']:.4f})")
     sigma_grid = np.linspace(0, max(max(args.noise), 1.0) * 1.1, 100)
     eta_curve = (sigma_grid, args.n / (args.n + args.d + 1 + sigma_grid**2))
-    fig = plot_one_step_gd(runs, eta_curve, args.d, args.n)
-    figure = save_figure_atomic(fig, out_dir / "one_step_gd.png")
-    seconds = time.perf_counter() - start
-    path = write_summary(out_dir, EXPERIMENT, config, claims, runs, figures=[figure.name], seconds=seconds,
-                         jax_backend=jax.default_backend())
-    print_claims(claims)
-    print(f"wrote {path} and {figure} in {seconds:.1f}s")
-    return {"claims": claims, "runs": runs, "out_dir": out_dir}
+    figures = {"one_step_gd.png": plot_one_step_gd(runs, eta_curve, args.d, args.n)}
+    return finish_run(out_dir, EXPERIMENT, config, claims, runs, figures, start)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ n/(n + d + 1 + sigma^2) Sigma^{-1}: GD preconditioned by Sigma^{-1}; with Omega 
 from __future__ import annotations
 
 import sys
-import time
 
 import jax
 import matplotlib.pyplot as plt
@@ -20,15 +19,14 @@ import numpy as np
 
 import icl
 from icl.experiment import (
+    Claim,
     base_parser,
-    print_claims,
+    finish_run,
     relative_claim,
-    run_directory,
-    save_figure_atomic,
     seed_mean_losses,
+    start_run,
     train_lsa_grid,
     upper_bound_claim,
-    write_summary,
 )
 from icl.plotting import gamma_heatmap
 
@@ -105,7 +103,7 @@ def analyse_prior(args, w_prior: str, result, gammas, key) -> tuple[dict, list]:
 
 def Claim_at_least(name, measured, bound, detail):  # noqa: N802 - reads as a claim constructor
     """Passes when ``measured >= bound``."""
-    return icl.experiment.Claim(name, None, float(measured), float(bound), bool(measured >= bound), detail)
+    return Claim(name, None, float(measured), float(bound), bool(measured >= bound), detail)
 
 
 def _sqrtm(m):
@@ -131,9 +129,7 @@ def plot(runs):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.d = len(args.x_cov_eigs)
-    start = time.perf_counter()
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "progress")}
-    out_dir = run_directory(args.out, EXPERIMENT, config)
+    config, out_dir, start = start_run(args, EXPERIMENT)
     keys = jax.random.split(jax.random.key(args.seed + 10_000), len(args.w_prior))
     runs, claims = [], []
     trained = train_lsa_grid(lambda w_prior: make_task(args, w_prior), {"w_prior": args.w_prior}, args)
@@ -145,13 +141,7 @@ def main(argv=None) -> dict:
         print(f"{prior} prior: rel. error of Gamma_eff vs Gamma* {run['gamma_rel_error']:.4f}; "
               f"Dist(S^1/2 G S^1/2, I) {run['dist_sigma_gamma_sigma_to_identity']:.4f}, Dist(G, I) "
               f"{run['dist_gamma_to_identity']:.4f}; loss LSA {run['loss']['lsa']:.4f} vs R* {run['risk_theory']:.4f}")
-    figure = save_figure_atomic(plot(runs), out_dir / "preconditioned_gd.png")
-    seconds = time.perf_counter() - start
-    path = write_summary(out_dir, EXPERIMENT, config, claims, runs, figures=[figure.name], seconds=seconds)
-    print_claims(claims)
-    print(f"wrote {path} and {figure} in {seconds:.1f}s")
-    return {"claims": claims, "runs": runs, "out_dir": out_dir}
-
+    return finish_run(out_dir, EXPERIMENT, config, claims, runs, {"preconditioned_gd.png": plot(runs)}, start)
 
 if __name__ == "__main__":
     sys.exit(0 if all(c.passed for c in main()["claims"]) else 1)

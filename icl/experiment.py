@@ -32,6 +32,8 @@ __all__ = [
     "print_claims",
     "train_lsa_grid",
     "seed_mean_losses",
+    "start_run",
+    "finish_run",
 ]
 
 
@@ -205,3 +207,28 @@ def seed_mean_losses(comparison, prefix: str = "lsa_") -> tuple[float, float, li
     names = [k for k in comparison.losses if k.startswith(prefix)]
     losses = [comparison.losses[k][0] for k in names]
     return float(np.mean(losses)), float(max(comparison.losses[k][1] for k in names)), losses
+
+
+def start_run(args, experiment: str) -> tuple[dict, Path, float]:
+    """Common start of a script: ``(config dict of the flags, output folder, start time)``."""
+    import time
+
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "progress")}
+    return config, run_directory(args.out, experiment, config), time.perf_counter()
+
+
+def finish_run(out_dir: Path, experiment: str, config: dict, claims: list, runs: list, figures: dict, start: float,
+               **extra) -> dict:
+    """Common end of a script: save ``figures`` (``{file name: matplotlib figure}``), write ``summary.json``,
+    print the claims. Returns ``{"claims", "runs", "out_dir", "seconds"}`` (what ``reproduce_all`` reads)."""
+    import time
+
+    import jax
+
+    paths = [save_figure_atomic(fig, Path(out_dir) / name) for name, fig in figures.items()]
+    seconds = time.perf_counter() - start
+    path = write_summary(out_dir, experiment, config, claims, runs, figures=[p.name for p in paths], seconds=seconds,
+                         jax_backend=jax.default_backend(), **extra)
+    print_claims(claims)
+    print(f"wrote {path} and {', '.join(str(p) for p in paths)} in {seconds:.1f}s")
+    return {"claims": claims, "runs": runs, "out_dir": out_dir, "seconds": seconds}
