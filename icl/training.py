@@ -60,9 +60,9 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if not (isinstance(self.warmup, int) and 0 <= self.warmup < self.steps):
+        if not (isinstance(self.warmup, (int, np.integer)) and 0 <= self.warmup < self.steps):
             raise ValueError(f"warmup must be an integer in [0, steps), got {self.warmup!r}")
-        if not (isinstance(self.progress_every, int) and self.progress_every >= 0):
+        if not (isinstance(self.progress_every, (int, np.integer)) and self.progress_every >= 0):
             raise ValueError(f"progress_every must be an integer >= 0, got {self.progress_every!r}")
 
 

@@ -190,7 +190,7 @@ def test_model_rejects_prompts_of_the_wrong_dimension():
 @pytest.mark.parametrize(
     "kwargs, field",
     [({"d": 0}, "d"), ({"d": 2.5}, "d"), ({"d": 2, "num_layers": 0}, "num_layers"),
-     ({"d": 2, "init_scale": -1.0}, "init_scale")],
+     ({"d": 2, "init_scale": -1.0}, "init_scale"), ({"d": 2, "init_diag": float("nan")}, "init_diag")],
 )
 def test_model_constructor_validation_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"\b{field}\b"):

@@ -30,6 +30,17 @@ def test_sample_is_a_pure_function_of_the_key():
     assert not np.array_equal(a.x, c.x)
 
 
+def test_task_is_a_pytree_that_samples_identically_under_jit():
+    task = icl.LinearRegressionTask.from_eigenvalues([1.0, 2.0, 0.5], noise_std=0.3, w_prior="inverse")
+    leaves, treedef = jax.tree.flatten(task)
+    rebuilt = jax.tree.unflatten(treedef, leaves)
+    assert rebuilt.d == task.d and rebuilt.noise_std == task.noise_std
+    eager = task.sample(jax.random.key(0), 4, 6)
+    jitted = jax.jit(lambda t, k: t.sample(k, 4, 6))(task, jax.random.key(0))
+    for u, v in zip(eager, jitted):
+        np.testing.assert_allclose(v, u, rtol=1e-5, atol=1e-6)
+
+
 def test_sample_under_x64_is_float64_and_default_is_float32():
     task = icl.LinearRegressionTask.isotropic(2, 0.1)
     assert task.sample(jax.random.key(0), 2, 3).x.dtype == jnp.float32
