@@ -109,10 +109,21 @@ def sensitivity_cosine(predictor_a: Predictor, predictor_b: Predictor, prompts: 
     return num / jnp.maximum(den, jnp.finfo(ga.dtype).tiny)
 
 
-def _mean_se(sums: np.ndarray, sumsqs: np.ndarray, count: int) -> tuple[float, float]:
-    mean = float(np.sum(sums, dtype=np.float64) / count)
-    var = max(float(np.sum(sumsqs, dtype=np.float64) / count) - mean**2, 0.0)
-    return mean, float(np.sqrt(var / max(count - 1, 1)))
+def _mean_se(sums: np.ndarray, m2s: np.ndarray, chunk: int) -> tuple[float, float]:
+    """Mean and standard error from per-chunk sums and sums of squared deviations from the chunk mean.
+
+    Chunks are combined in float64 with Chan et al.'s parallel-variance formula, so the SE of a
+    quantity whose values barely vary (a cosine near 1) does not cancel to 0 in float32.
+    """
+    sums, m2s = np.asarray(sums, np.float64), np.asarray(m2s, np.float64)
+    count = sums.size * chunk
+    mean = float(sums.sum() / count)
+    m2 = float(m2s.sum() + chunk * np.sum((sums / chunk - mean) ** 2))
+    return mean, float(np.sqrt(max(m2, 0.0) / max(count - 1, 1) / count))
+
+
+def _sum_m2(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return v.sum(), jnp.sum((v - v.mean()) ** 2)
 
 
 @dataclass(frozen=True)
@@ -122,7 +133,8 @@ class Comparison:
     Attributes:
       num_prompts: prompts evaluated (all predictors saw the same ones).
       losses: ``{name: (mean squared error, standard error)}``.
-      pairs: ``{(a, b): {"loss_diff", "loss_diff_se", "gap", "gap_se", "cosine", "cosine_se"}}``
+      pairs: ``{(a, b): {"loss_diff", "loss_diff_se", "gap", "gap_se", "cosine", "cosine_se"}}`` (the
+        cosine only for ``cosine_pairs``)
         where ``loss_diff`` is the paired mean of ``(err_a^2 - err_b^2)``, ``gap`` the mean
         ``|y_hat_a - y_hat_b|`` and ``cosine`` the mean sensitivity cosine.
     """
@@ -148,6 +160,7 @@ def compare_predictors(
     num_prompts: int = 100_000,
     pairs: Sequence[tuple[str, str]] = (),
     chunk_size: int = 10_000,
+    cosine_pairs: Sequence[tuple[str, str]] | None = None,
 ) -> Comparison:
     """Evaluate predictors on the same fresh prompts, in chunks under one ``jit`` + ``lax.scan``.
 
@@ -158,6 +171,8 @@ def compare_predictors(
       pairs: ``(a, b)`` names for which to also report paired loss difference, prediction gap and
         sensitivity cosine.
       chunk_size: prompts per chunk (bounds memory).
+      cosine_pairs: the pairs (a subset of ``pairs``) that also get the sensitivity cosine, which costs
+        a backward pass per predictor; default all of ``pairs``.
     Returns:
       :class:`Comparison`.
     """
@@ -171,34 +186,40 @@ def compare_predictors(
                 raise ValueError(f"pairs names {name!r}, which is not among the predictors {names}")
     num_chunks = -(-num_prompts // chunk_size)
     check_prompts(task.sample(key, 1, n))
-    sums = _comparison_sums(tuple(predictors.items()), task, n, chunk_size, tuple(pairs), key, num_chunks)
+    pairs = [tuple(p) for p in pairs]
+    cosine_pairs = pairs if cosine_pairs is None else [tuple(p) for p in cosine_pairs]
+    for pair in cosine_pairs:
+        if pair not in pairs:
+            raise ValueError(f"cosine_pairs entry {pair} must also be in pairs")
+    sums = _comparison_sums(tuple(predictors.items()), task, n, chunk_size, tuple(pairs), tuple(cosine_pairs), key,
+                            num_chunks)
     count = num_chunks * chunk_size
-    losses = {name: _mean_se(*sums["loss"][name], count) for name in names}
+    losses = {name: _mean_se(*sums["loss"][name], chunk_size) for name in names}
     pair_stats = {}
     for a, b in pairs:
         stats = {}
         for metric in ("loss_diff", "gap", "cosine"):
-            mean, se = _mean_se(*sums[metric][(a, b)], count)
-            stats[metric], stats[f"{metric}_se"] = mean, se
+            if (a, b) in sums[metric]:
+                stats[metric], stats[f"{metric}_se"] = _mean_se(*sums[metric][(a, b)], chunk_size)
         pair_stats[(a, b)] = stats
     return Comparison(count, losses, pair_stats)
 
 
-def _comparison_sums(items, task, n, chunk_size, pairs, key, num_chunks):
+def _comparison_sums(items, task, n, chunk_size, pairs, cosine_pairs, key, num_chunks):
     predictors = dict(items)
 
     def one_chunk(_, chunk_key):
         prompts = task.sample(chunk_key, chunk_size, n)
         preds = {name: f(prompts) for name, f in predictors.items()}
         sq = {name: (p - prompts.y_query) ** 2 for name, p in preds.items()}
-        out = {"loss": {k: (v.sum(), (v**2).sum()) for k, v in sq.items()}}
+        out = {"loss": {k: _sum_m2(v) for k, v in sq.items()}}
         per_pair = {
             "loss_diff": {(a, b): sq[a] - sq[b] for a, b in pairs},
             "gap": {(a, b): jnp.abs(preds[a] - preds[b]) for a, b in pairs},
-            "cosine": {(a, b): sensitivity_cosine(predictors[a], predictors[b], prompts) for a, b in pairs},
+            "cosine": {(a, b): sensitivity_cosine(predictors[a], predictors[b], prompts) for a, b in cosine_pairs},
         }
         for metric, values in per_pair.items():
-            out[metric] = {k: (v.sum(), (v**2).sum()) for k, v in values.items()}
+            out[metric] = {k: _sum_m2(v) for k, v in values.items()}
         return None, out
 
     @jax.jit

@@ -21,7 +21,7 @@ from flax import nnx
 
 from icl.tasks import Prompts, Task, check_positive_int
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDivergedError", "train", "make_optimizer", "mse_loss", "run_training_grid"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingDivergedError", "train", "make_optimizer", "mse_loss", "run_training_grid", "init_runs"]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -142,23 +142,36 @@ def train(
       TrainingDivergedError: the loss became NaN or inf (names the step and the last finite loss).
     """
     start = time.perf_counter()
-    graphdef, _ = nnx.split(model_fn(nnx.Rngs(0)))
-    run_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(config.seed), i))(jnp.arange(config.num_seeds))
-    params = jax.vmap(lambda k: nnx.split(model_fn(nnx.Rngs(params=jax.random.fold_in(k, 0))))[1])(run_keys)
+    graphdef, run_keys, params = init_runs(model_fn, config)
     lrs = jnp.full((config.num_seeds,), config.lr)
     params, losses = run_training_grid(graphdef, params, lrs, run_keys, task, False, config, loss_fn, start=start)
     return TrainResult(graphdef, params, losses, config, time.perf_counter() - start)
 
 
+def init_runs(model_fn: Callable[[nnx.Rngs], nnx.Module], config: TrainConfig):
+    """Run keys and initial parameters of :func:`train`'s seeds: ``(graphdef, run_keys, params)``.
+
+    Seed ``i`` has run key ``fold_in(key(config.seed), i)``; its parameters come from
+    ``fold_in(run_key, 0)`` and its data from ``fold_in(run_key, 1)`` (see :func:`run_training_grid`).
+    """
+    graphdef, _ = nnx.split(model_fn(nnx.Rngs(0)))
+    run_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(config.seed), i))(jnp.arange(config.num_seeds))
+    params = jax.vmap(lambda k: nnx.split(model_fn(nnx.Rngs(params=jax.random.fold_in(k, 0))))[1])(run_keys)
+    return graphdef, run_keys, params
+
+
 def run_training_grid(graphdef, params, lrs, run_keys, task, task_batched: bool, config: TrainConfig,
-                      loss_fn: Callable = mse_loss, start: float | None = None, sharding=None):
+                      loss_fn: Callable = mse_loss, start: float | None = None, sharding=None,
+                      chunk_steps: int = 0, on_chunk: Callable | None = None):
     """The engine behind :func:`train` and :func:`icl.sweeps.sweep`: train ``P`` runs side by side.
 
     Run ``p`` starts from ``params[p]`` with peak learning rate ``lrs[p]`` and trains on
     ``task.sample(split(fold_in(run_keys[p], 1), steps)[t], batch, n)`` at step ``t`` (a pure function
     of the run key and the step). ``task`` is shared, or batched along a leading axis when
     ``task_batched``. With ``sharding`` (a ``NamedSharding`` over the run axis) every per-run input is
-    placed on it, so ``jit`` splits the runs across devices. Returns ``(params, losses [P, steps])``.
+    placed on it, so ``jit`` splits the runs across devices. Steps run in chunks of ``chunk_steps``
+    (default ``config.progress_every``, else all at once); ``on_chunk(steps_done, params)`` is called
+    after each chunk (e.g. to keep snapshots). Returns ``(params, losses [P, steps])``.
     """
     start = time.perf_counter() if start is None else start
     optimizer = make_optimizer(config)
@@ -172,7 +185,7 @@ def run_training_grid(graphdef, params, lrs, run_keys, task, task_batched: bool,
             task_arg = jax.device_put(task_arg, sharding)
     static = dict(graphdef=graphdef, loss_fn=loss_fn, batch=config.batch, n=config.n, task_batched=task_batched,
                   transform=(config.optimizer, config.schedule, config.warmup, config.steps))
-    chunk = config.progress_every or config.steps
+    chunk = chunk_steps or config.progress_every or config.steps
     history = []
     done = 0
     while done < config.steps:
@@ -184,6 +197,8 @@ def run_training_grid(graphdef, params, lrs, run_keys, task, task_batched: bool,
         if not np.all(np.isfinite(losses)):
             _raise_divergence(np.concatenate(history, axis=1))
         done += length
+        if on_chunk is not None:
+            on_chunk(done, params)
         if config.progress_every:
             print(
                 f"[train] step {done}/{config.steps}  loss {losses[:, -1].mean():.5g} (mean of {losses.shape[0]} runs)"

@@ -1,0 +1,224 @@
+"""von Oswald et al. 2023's setting: the uniform task, the §5 closed forms, the tracking tools, the script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import icl
+from icl.tracking import (
+    align_gauge,
+    compare_with_reference,
+    evaluate_across_tasks,
+    gd_lsa_weights,
+    interpolation_losses,
+    reference_metrics,
+    snapshot_metrics,
+    train_with_snapshots,
+)
+from icl.uniform import (
+    UniformLinearTask,
+    iid_one_step_risk,
+    iid_optimal_risk,
+    iid_optimal_step_size,
+    uniform_moments,
+)
+
+
+def lsa_with(d, w_pv, w_kq):
+    model = icl.LinearTransformer(d, 1, rngs=nnx.Rngs(0))
+    model.layers[0].w_pv[...] = jnp.asarray(w_pv)
+    model.layers[0].w_kq[...] = jnp.asarray(w_kq)
+    return model
+
+
+def test_closed_forms_give_von_oswalds_numbers_and_the_gaussian_special_case():
+    s2, m4 = uniform_moments(0.5)
+    assert (s2, m4) == pytest.approx((1 / 12, 1 / 80), rel=1e-15)
+    eta = iid_optimal_step_size(10, 10, s2, m4)
+    assert eta / 10 == pytest.approx(0.60606, abs=1e-5)
+    assert 0.5 * iid_optimal_risk(10, 10, s2, m4) == pytest.approx(0.2062, abs=5e-5)
+    # Gaussian coordinates (m4 = 3 s^4, s = 1) give Mahankali et al.'s Thm 1 step and risk.
+    for d, n, sigma in ((5, 10, 0.0), (3, 7, 0.5)):
+        assert iid_optimal_step_size(d, n, 1.0, 3.0, sigma) == pytest.approx(
+            icl.isotropic_optimal_step_size(d, n, sigma), rel=1e-12)
+        assert iid_optimal_risk(d, n, 1.0, 3.0, sigma) == pytest.approx(icl.isotropic_optimal_risk(d, n, sigma),
+                                                                        rel=1e-12)
+    etas = np.linspace(0, 2 * eta, 2001)  # eta* minimises the closed-form risk
+    assert etas[np.argmin(iid_one_step_risk(etas, 10, 10, s2, m4))] == pytest.approx(eta, abs=2 * eta / 2000)
+
+
+def test_uniform_task_samples_uniform_coordinates_with_the_right_moments_and_linear_targets():
+    task = UniformLinearTask(3, half_width=0.5, noise_std=0.0)
+    with jax.enable_x64(True):
+        p = task.sample(jax.random.key(0), 50_000, 3)
+    x = np.asarray(p.x).reshape(-1)
+    assert np.all(np.abs(x) <= 0.5)
+    for power, exact in ((2, 1 / 12), (4, 1 / 80)):
+        v = x**power
+        assert abs(v.mean() - exact) <= 4 * v.std(ddof=1) / np.sqrt(v.size)
+    hist, _ = np.histogram(x, bins=10, range=(-0.5, 0.5))  # flat: every bin within 4 SE of 1/10
+    expected = x.size / 10
+    assert np.all(np.abs(hist - expected) <= 4 * np.sqrt(expected * 0.9))
+    np.testing.assert_allclose(p.y, np.einsum("bnd,bd->bn", p.x, p.w), atol=1e-12)
+    np.testing.assert_allclose(p.y_query, np.einsum("bd,bd->b", p.x_query, p.w), atol=1e-12)
+
+
+def test_optimal_step_formula_matches_a_monte_carlo_fit_of_the_step():
+    """eta* = argmin_eta E(eta x_q^T h - y_q)^2 = E[(x_q^T h) y_q] / E[(x_q^T h)^2], estimated by Monte Carlo."""
+    d, n, sigma = 4, 6, 0.3
+    task = UniformLinearTask(d, half_width=0.5, noise_std=sigma)
+    with jax.enable_x64(True):
+        p = task.sample(jax.random.key(1), 400_000, n)
+        u = np.einsum("bd,bd->b", np.asarray(p.x_query), np.einsum("bnd,bn->bd", np.asarray(p.x), np.asarray(p.y)) / n)
+        y = np.asarray(p.y_query)
+    num, den = u * y, u * u
+    ratio = num.mean() / den.mean()
+    # delta method for the SE of a ratio of means
+    cov = np.cov(np.stack([num, den])) / num.size
+    grad = np.array([1 / den.mean(), -num.mean() / den.mean() ** 2])
+    se = float(np.sqrt(grad @ cov @ grad))
+    s2, m4 = uniform_moments(0.5)
+    assert abs(ratio - iid_optimal_step_size(d, n, s2, m4, sigma)) <= 4 * se
+    assert se < 0.01 * ratio
+
+
+def test_one_step_gd_risk_matches_monte_carlo_at_several_steps_and_input_scales():
+    d, n = 4, 6
+    s2, m4 = uniform_moments(0.5)
+    eta = iid_optimal_step_size(d, n, s2, m4)
+    scales = [0.5, 1.0, 2.0]
+    tasks = [UniformLinearTask(d, half_width=0.5 * a) for a in scales]
+    out = evaluate_across_tasks({"star": icl.gradient_descent(eta), "big": icl.gradient_descent(1.5 * eta)}, tasks,
+                                jax.random.key(2), n, num_prompts=100_000, pairs=[("star", "big")])
+    for name, step in (("star", eta), ("big", 1.5 * eta)):
+        means, ses = out["loss"][name]
+        for a, mean, se in zip(scales, means, ses):
+            assert abs(mean - iid_one_step_risk(step, d, n, s2 * a**2, m4 * a**4)) <= 4 * se, (name, a)
+    diff, diff_se = out["loss_diff"][("star", "big")]
+    assert diff[1] < -4 * diff_se[1]  # in distribution, eta* beats 1.5 eta* on the same prompts
+
+
+def test_gd_construction_is_one_gd_step_and_the_gauge_alignment_changes_nothing():
+    d, n, eta = 3, 5, 0.7
+    with jax.enable_x64(True):
+        p = UniformLinearTask(d).sample(jax.random.key(3), 64, n)
+        w_pv, w_kq = gd_lsa_weights(d, eta)
+        np.testing.assert_allclose(lsa_with(d, w_pv, w_kq)(p), icl.gradient_descent(eta)(p), rtol=1e-12, atol=1e-14)
+        # moved along the gauge orbit by s, the alignment applies 1/s and recovers the construction exactly
+        s = -2.5
+        al_pv, al_kq, gauge = align_gauge(s * w_pv, w_kq / s, w_kq)
+        assert float(gauge) == pytest.approx(1 / s, rel=1e-12)
+        np.testing.assert_allclose(al_pv, w_pv, atol=1e-12)
+        np.testing.assert_allclose(al_kq, w_kq, atol=1e-12)
+        # on random weights it leaves the predictions unchanged
+        rng = np.random.default_rng(0)
+        r_pv, r_kq = rng.standard_normal((2, d + 1, d + 1))
+        al_pv, al_kq, _ = align_gauge(r_pv, r_kq, w_kq)
+        np.testing.assert_allclose(lsa_with(d, al_pv, al_kq)(p), lsa_with(d, r_pv, r_kq)(p), rtol=1e-10)
+
+
+def test_reference_metrics_of_gd_against_itself_and_against_twice_itself():
+    d, n = 3, 5
+    p = UniformLinearTask(d).sample(jax.random.key(4), 256, n)
+    gd, gd2 = icl.gradient_descent(1.0), icl.gradient_descent(2.0)
+    same = reference_metrics(gd, gd, p)
+    np.testing.assert_allclose(same["gap"], 0.0, atol=1e-7)
+    np.testing.assert_allclose(same["cosine"], 1.0, atol=1e-5)
+    np.testing.assert_allclose(same["sensitivity_diff"], 0.0, atol=1e-7)
+    double = reference_metrics(gd2, gd, p)
+    np.testing.assert_allclose(double["gap"], double["reference_abs"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(double["cosine"], 1.0, atol=1e-5)
+    grad = icl.sensitivities(gd, p)  # d y_GD / d x_q = eta h
+    np.testing.assert_allclose(double["sensitivity_diff"], np.linalg.norm(grad, axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(double["loss_diff"], double["sq_error"] - double["reference_sq_error"], atol=1e-6)
+    stats = compare_with_reference(gd2, gd, UniformLinearTask(d), jax.random.key(5), n, num_prompts=2000,
+                                   chunk_size=500)
+    assert stats["cosine"][0] == pytest.approx(1.0, abs=1e-5)
+    assert stats["gap"][0] == pytest.approx(stats["reference_abs"][0], rel=1e-5)
+    assert stats["gap"][1] > 0
+
+
+def test_train_with_snapshots_ends_where_icl_train_ends_and_keeps_every_chunk():
+    d, n = 2, 4
+    task = UniformLinearTask(d)
+    config = icl.TrainConfig(steps=6, batch=16, n=n, lr=1e-2, num_seeds=2, seed=3)
+    model_fn = lambda r: icl.LinearTransformer(d, 1, rngs=r)  # noqa: E731
+    result, snaps = train_with_snapshots(model_fn, task, config, every=3)
+    reference = icl.train(model_fn, task, config)
+    np.testing.assert_array_equal(snaps.steps, [0, 3, 6])
+    for ours, theirs in zip(jax.tree.leaves(result.params), jax.tree.leaves(reference.params)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(result.losses, reference.losses, rtol=1e-5)
+    last = jax.tree.map(lambda a: a[-1], snaps.params)
+    for ours, theirs in zip(jax.tree.leaves(last), jax.tree.leaves(result.params)):
+        np.testing.assert_array_equal(ours, theirs)
+    assert jax.tree.leaves(snaps.params)[0].shape[:2] == (3, 2)
+    prompts = task.sample(jax.random.key(6), 100, n)
+    metrics = snapshot_metrics(snaps, icl.gradient_descent(1.0), prompts)
+    assert metrics["cosine"].shape == (3, 2) and np.all(np.isfinite(metrics["gap"]))
+    np.testing.assert_allclose(snaps.model(2, 1)(prompts), result.model(1)(prompts), rtol=1e-6)
+
+
+def test_interpolation_losses_hit_the_endpoints_and_are_flat_between_gauge_equivalent_gd_weights():
+    d, n = 3, 5
+    eta = iid_optimal_step_size(d, n, *uniform_moments(0.5))
+    task = UniformLinearTask(d)
+    prompts = task.sample(jax.random.key(7), 2000, n)
+    w_pv, w_kq = gd_lsa_weights(d, eta)
+    a = lsa_with(d, 3.0 * w_pv, w_kq / 3.0)  # the same function, elsewhere on the gauge orbit
+    b = lsa_with(d, w_pv, w_kq)
+    graphdef, params_a = nnx.split(a)
+    params_b = nnx.split(b)[1]
+    ts = np.linspace(0, 1, 5)
+    means, ses = interpolation_losses(graphdef, params_a, params_b, ts, prompts)
+    gd_loss = float(jnp.mean((icl.gradient_descent(eta)(prompts) - prompts.y_query) ** 2))
+    assert means[0] == pytest.approx(gd_loss, rel=1e-5) and means[-1] == pytest.approx(gd_loss, rel=1e-5)
+    assert means[2] > 1.05 * gd_loss  # the raw midpoint has c A = (3 + 1)/2 * (1/3 + 1)/2 * eta = 4/3 eta*
+    al_pv, al_kq, _ = align_gauge(3.0 * w_pv, w_kq / 3.0, w_kq)
+    aligned = nnx.split(lsa_with(d, al_pv, al_kq))[1]
+    means, _ = interpolation_losses(graphdef, aligned, params_b, ts, prompts)
+    np.testing.assert_allclose(means, gd_loss, rtol=1e-5)
+    assert np.all(ses > 0)
+
+
+@pytest.mark.parametrize("build, field", [(lambda: UniformLinearTask(0), "d"),
+                                          (lambda: UniformLinearTask(2, half_width=0.0), "half_width"),
+                                          (lambda: UniformLinearTask(2, noise_std=-0.1), "noise_std"),
+                                          (lambda: iid_optimal_step_size(2, 3, 1.0, 0.5), "m4"),
+                                          (lambda: iid_optimal_step_size(2, 0, 1.0, 3.0), "n")])
+def test_validation_errors_name_the_field(build, field):
+    with pytest.raises(ValueError, match=field):
+        build()
+
+
+@pytest.mark.slow
+def test_von_oswald_script_end_to_end_on_a_tiny_configuration(REPO_ROOT, tmp_path):
+    flags = ["--d", "3", "--n", "5", "--steps", "40", "--batch", "64", "--seeds", "2", "--lr", "1e-2",
+             "--eval-prompts", "2000", "--curve-prompts", "2000", "--metric-prompts", "500", "--snapshots", "4"]
+    proc = subprocess.run([sys.executable, "experiments/von_oswald.py", *flags, "--out", str(tmp_path)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr  # 1: a claim failed (tiny run), not a crash
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["experiment"] == "von_oswald"
+    assert summary["config"]["d"] == 3 and summary["config"]["steps"] == 40
+    assert len(summary["claims"]) == 7
+    for claim in summary["claims"]:
+        assert {"name", "theory", "measured", "tolerance", "passed"} <= set(claim)
+        assert isinstance(claim["passed"], bool)
+    (run,) = summary["runs"]
+    s2, m4 = 1 / 12, 1 / 80
+    assert run["eta_theory"] == pytest.approx(5 * s2 / (6 * s2**2 + m4), rel=1e-12)
+    assert run["along_training"]["steps"] == [0, 10, 20, 30, 40]
+    assert np.asarray(run["along_training"]["cosine"]).shape == (5, 2)
+    assert len(run["interpolation"]["aligned_half_mse"]) == len(run["interpolation"]["t"]) == 21
+    assert len(run["input_scale"]["alpha"]) == len(run["input_scale"]["lsa_half_mse"]) == 13
+    assert np.asarray(run["gamma_learned"]).shape == (3, 3)
+    assert (tmp_path / "von_oswald.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
