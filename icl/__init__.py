@@ -44,5 +44,24 @@ from icl.theory import (
     risk,
 )
 from icl.training import TrainConfig, TrainingDivergedError, TrainResult, make_optimizer, mse_loss, train
+from icl.sweeps import SweepResult, grid_points, sweep
+from icl.nonlinear import (
+    ReluNetworkTask,
+    SingleIndexTask,
+    TargetMoments,
+    estimate_moments,
+    nonlinear_one_step_risk,
+    nonlinear_optimal_risk,
+    nonlinear_optimal_step_size,
+)
+from icl.uniform import UniformLinearTask, iid_one_step_risk, iid_optimal_risk, iid_optimal_step_size
+from icl.tracking import (
+    Snapshots,
+    align_gauge,
+    compare_with_reference,
+    gd_lsa_weights,
+    interpolation_losses,
+    train_with_snapshots,
+)
 
 __version__ = "0.1.0"
