@@ -13,7 +13,6 @@ The LSA learns this GD step even though least squares and ridge predict differen
 from __future__ import annotations
 
 import sys
-import time
 
 import jax
 import numpy as np
@@ -22,12 +21,10 @@ import icl
 from icl.experiment import (
     Claim,
     base_parser,
-    print_claims,
+    finish_run,
     relative_claim,
-    run_directory,
-    save_figure_atomic,
+    start_run,
     upper_bound_claim,
-    write_summary,
 )
 from icl.nonlinear import ReluNetworkTask, SingleIndexTask, estimate_moments, linear_part_norm2
 from icl.plotting import gamma_heatmap  # noqa: I001 (sets the Agg backend before pyplot loads)
@@ -210,9 +207,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if len(args.noise) != 1:
         parser.error("--noise takes one value here (the label-noise std of every family)")
-    start = time.perf_counter()
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "progress")}
-    out_dir = run_directory(args.out, EXPERIMENT, config)
+    config, out_dir, start = start_run(args, EXPERIMENT)
     keys = jax.random.split(jax.random.key(args.seed + 10_000), len(args.families))
     runs, claims = [], []
     for family, key in zip(args.families, keys):
@@ -225,14 +220,8 @@ def main(argv=None) -> dict:
               f"loss LSA {run['loss']['lsa']:.4f}, "
               f"GD {run['loss']['gd_theory']:.4f}, OLS {run['loss']['ols']:.4f}, ridge {run['loss']['ridge']:.4f}; "
               f"gap ratio {run['gap_ratio']:.1f}")
-    fig = plot_nonlinear_targets(runs, args.d, args.n)
-    figure = save_figure_atomic(fig, out_dir / "nonlinear_targets.png")
-    seconds = time.perf_counter() - start
-    path = write_summary(out_dir, EXPERIMENT, config, claims, runs, figures=[figure.name], seconds=seconds,
-                         jax_backend=jax.default_backend())
-    print_claims(claims)
-    print(f"wrote {path} and {figure} in {seconds:.1f}s")
-    return {"claims": claims, "runs": runs, "out_dir": out_dir}
+    figures = {"nonlinear_targets.png": plot_nonlinear_targets(runs, args.d, args.n)}
+    return finish_run(out_dir, EXPERIMENT, config, claims, runs, figures, start)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from the trained weights to the constructed GD weights (gauge fixed); the loss a
 from __future__ import annotations
 
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +23,10 @@ import icl
 from icl.experiment import (
     Claim,
     base_parser,
-    print_claims,
+    finish_run,
     relative_claim,
-    run_directory,
-    save_figure_atomic,
+    start_run,
     upper_bound_claim,
-    write_summary,
 )
 from icl.plotting import gamma_heatmap  # noqa: I001 (sets the Agg backend before pyplot loads)
 from icl.tracking import (
@@ -112,9 +109,7 @@ def main(argv=None) -> dict:
         parser.error("--noise takes one value here")
     if not 1 <= args.snapshots <= args.steps:
         parser.error("--snapshots must be between 1 and --steps")
-    start = time.perf_counter()
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "progress")}
-    out_dir = run_directory(args.out, EXPERIMENT, config)
+    config, out_dir, start = start_run(args, EXPERIMENT)
     d, n, noise = args.d, args.n, args.noise[0]
     eval_key, metric_key, curve_key, scale_key = jax.random.split(jax.random.key(args.seed + 10_000), 4)
 
@@ -205,14 +200,7 @@ def main(argv=None) -> dict:
     print(f"eta learned {run['eta_learned_mean']:.4f} ± {run['eta_learned_std']:.4f} vs eta* {eta_star:.4f} "
           f"(eta*/n = {eta_star / n:.4f}); 0.5*MSE LSA {run['half_mse']['lsa']:.5f} vs GD {gd_half:.5f} vs theory "
           f"{half_risk:.5f}; model cos {cosines.min():.5f}; relative gap {rel_gap.max():.4f}")
-    fig = plot_von_oswald(run)
-    figure = save_figure_atomic(fig, out_dir / "von_oswald.png")
-    seconds = time.perf_counter() - start
-    path = write_summary(out_dir, EXPERIMENT, config, claims, [run], figures=[figure.name], seconds=seconds,
-                         jax_backend=jax.default_backend())
-    print_claims(claims)
-    print(f"wrote {path} and {figure} in {seconds:.1f}s")
-    return {"claims": claims, "runs": [run], "out_dir": out_dir}
+    return finish_run(out_dir, EXPERIMENT, config, claims, [run], {"von_oswald.png": plot_von_oswald(run)}, start)
 
 
 def plot_von_oswald(run: dict):
