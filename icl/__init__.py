@@ -55,6 +55,15 @@ from icl.nonlinear import (
     nonlinear_optimal_step_size,
 )
 from icl.uniform import UniformLinearTask, iid_one_step_risk, iid_optimal_risk, iid_optimal_step_size
+from icl.multistep import (
+    SparseLinearTransformer,
+    gd_plus_plus,
+    gd_plus_plus_risk,
+    multistep_gd_risk,
+    optimal_gd_plus_plus,
+    optimal_multistep_step_sizes,
+)
+from icl.population import gradient_flow_limit, population_loss, train_population, zfb_initialization
 from icl.tracking import (
     Snapshots,
     align_gauge,

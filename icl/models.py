@@ -7,7 +7,9 @@ columns of ``E in R^{(d+1) x (n+1)}``. One layer maps
 
 so keys and values come from the context only. **Prediction convention**: ``y_hat`` is the last
 coordinate of the query column after the last layer, with a plus sign (von Oswald's code and Ahn et
-al. negate it; the sign is absorbed by the gauge ``W^PV -> -W^PV``).
+al. negate it). For one layer the sign is absorbed by the gauge ``W^PV -> -W^PV``; for two or more
+layers it is not (the context y-tokens carry residuals into later layers), so Ahn et al.'s multi-layer
+GD construction lives in :class:`icl.multistep.SparseLinearTransformer`, which reads out ``-y``.
 """
 
 from __future__ import annotations
