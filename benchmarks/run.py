@@ -13,8 +13,9 @@ How it measures. Every benchmark runs in its own subprocess; its peak memory is 
 things compared run in the same process, compiled first and then timed in interleaved rounds (the
 order rotates each round); a figure is the median over rounds, and a ratio is the median of the
 per-round ratios, so it holds when other jobs change the machine's speed. CPU-time ratios
-(``time.process_time``, all threads) are kept beside the wall-clock ones as a check that is less
-sensitive to other jobs. Time to target is measured from just before the interpreter is started.
+(``time.process_time``, all threads) are kept beside the wall-clock ones as a cross-check: where the
+two differ, the things compared kept different numbers of cores busy (other jobs take cores away).
+Time to target is measured from just before the interpreter is started.
 
 The script exits 0 when every benchmark ran (whether or not its target was met) and 1 if one failed.
 """
@@ -284,28 +285,28 @@ def worker_throughput(case, quick):
     compile_s = {}
     if cfg["profile"]:
         _register_stored_prompts()
-        stored = jax.block_until_ready(jax.vmap(lambda k: task.sample(k, batch, n))(keys[:16]))
-        fns["train_stored_prompts"] = _chunk_runner(d, n, batch, layers, steps, StoredPrompts(stored, d),
-                                                    icl.mse_loss)[0]
+        stored = StoredPrompts(jax.block_until_ready(jax.vmap(lambda k: task.sample(k, batch, n))(keys[:16])), d)
+        fns["train_stored_prompts"] = _chunk_runner(d, n, batch, layers, steps, stored, icl.mse_loss)[0]
         graphdef, params = parts["graphdef"], jax.tree.map(lambda a: a[0], parts["params"])
 
         def loss(p, prompts):
             return icl.mse_loss(nnx.merge(graphdef, p), prompts)
 
         @jax.jit
-        def forward_only(p, stack):
-            return jax.lax.scan(lambda acc, pr: (acc + loss(p, pr), None), jnp.zeros(()), stack)[0]
+        def forward_only(p, keys, stored):
+            return jax.lax.scan(lambda acc, k: (acc + loss(p, stored.sample(k, batch, n)), None), jnp.zeros(()),
+                                keys)[0]
 
         @jax.jit
-        def forward_backward(p, stack):
-            def body(acc, pr):
-                value, grads = jax.value_and_grad(loss)(p, pr)
+        def forward_backward(p, keys, stored):
+            def body(acc, k):
+                value, grads = jax.value_and_grad(loss)(p, stored.sample(k, batch, n))
                 return acc + value + sum(jnp.sum(g) for g in jax.tree.leaves(grads)), None
 
-            return jax.lax.scan(body, jnp.zeros(()), stack)[0]
+            return jax.lax.scan(body, jnp.zeros(()), keys)[0]
 
-        fns["forward_stored"] = lambda: jax.block_until_ready(forward_only(params, stored))
-        fns["forward_backward_stored"] = lambda: jax.block_until_ready(forward_backward(params, stored))
+        fns["forward_stored"] = lambda: jax.block_until_ready(forward_only(params, keys, stored))
+        fns["forward_backward_stored"] = lambda: jax.block_until_ready(forward_backward(params, keys, stored))
         if layers > 1:
             fns["train_gram_form"] = _chunk_runner(d, n, batch, layers, steps, task, gram_mse)[0]
     for name, fn in fns.items():  # compile (and warm) everything first
@@ -694,7 +695,8 @@ def build_report(quick: bool, log, only=BENCHMARKS) -> tuple[dict, list[str]]:
                      date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      machine=dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
                                   python=platform.python_version(), cpu_count=os.cpu_count(),
-                                  cpus_usable=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+                                  cpus_usable=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                  else None,
                                   load_average_start=list(os.getloadavg())),
                      peak_rss_mb={})
     results: list[dict] = []
@@ -822,21 +824,25 @@ def markdown(doc: dict) -> str:
                          "ratio (wall)", "ratio (CPU)", "peak RSS MB"], rows)
         prof = [(c, r) for c, r in raw["throughput"].items() if "step_breakdown_ms" in r]
         if prof:
-            lines += ["Where a step's time goes (ms/step; forward and backward on stored prompts; "
-                      "`interaction` = train - sampling - train on stored prompts) and XLA's flop counts:", ""]
+            lines += ["Where a step's time goes (ms/step; forward and backward on 16 stored prompt batches, "
+                      "`optimizer+copy` = train on stored prompts - forward+backward, `interaction` = train - "
+                      "sampling - train on stored prompts) and XLA's cost analysis (flops, bytes) of one step "
+                      "against one sampling step:", ""]
             rows = []
             for case, r in prof:
                 b = r["step_breakdown_ms"]
                 fl = r["flops"]
                 gram = r["ratios_over_sample"].get("train_gram_form")
+                byte = "bytes accessed"
+                gram_fl = fl.get("train_step_gram_form")
                 rows.append([case, b["sampling"], b["forward"], b["backward"], b["optimizer_and_copy"],
-                             b["interaction"], gram,
-                             fl["train_step"]["flops"] / fl["sample"]["flops"],
-                             (fl["train_step_gram_form"]["flops"] / fl["sample"]["flops"])
-                             if "train_step_gram_form" in fl else None])
+                             b["interaction"], fl["train_step"]["flops"] / fl["sample"]["flops"],
+                             fl["train_step"][byte] / fl["sample"][byte], gram,
+                             gram_fl["flops"] / fl["sample"]["flops"] if gram_fl else None,
+                             gram_fl[byte] / fl["sample"][byte] if gram_fl else None])
             lines += _table(["case", "sampling", "forward", "backward", "optimizer+copy", "interaction",
-                             "ratio, Gram-form model", "flops step/sampling",
-                             "flops Gram-form step/sampling"], rows)
+                             "flops step/sampling", "bytes step/sampling", "ratio, Gram-form model",
+                             "flops Gram-form/sampling", "bytes Gram-form/sampling"], rows)
     if raw.get("seeds"):
         s = raw["seeds"]
         lines += [f"## Seeds: one vmapped program against sequential runs (d={s['d']}, n={s['n']}, batch {s['batch']},"
@@ -855,9 +861,11 @@ def markdown(doc: dict) -> str:
                       f"{cw[f'sequential_{big}']:.2f}), which other jobs on the machine take away.", ""]
     if raw.get("baselines"):
         b = raw["baselines"]
-        lines += [f"## Baselines (batch {b['batch']}, d={b['d']}, n={b['n']}, sigma={b['noise']}, jitted, steady state)",
+        lines += [f"## Baselines (batch {b['batch']}, d={b['d']}, n={b['n']}, sigma={b['noise']}, jitted, "
+                  "steady state)",
                   "", "`all prefixes`: predictions from every prefix length 1..n at once (`icl.prefix`).", ""]
-        lines += _table(["predictor", "µs/prompt", "all prefixes µs/prompt", "µs/prompt/prefix", "all prefixes / one"],
+        lines += _table(["predictor", "µs/prompt", "all prefixes µs/prompt", "µs/prompt/prefix",
+                         "all prefixes / one"],
                         [[k, v["us_per_prompt"], v["prefix_us_per_prompt"], v["prefix_us_per_prompt_per_prefix"],
                           v["prefix_over_ordinary"]] for k, v in b["predictors"].items()])
     if raw.get("time_to_target"):

@@ -4,8 +4,8 @@ A *prefix predictor* maps :class:`~icl.tasks.Prompts` to predictions ``[batch, n
 ``k - 1`` is what the ordinary predictor (``icl.algorithms``, ``icl.models``) would output on the
 prompt truncated to its first ``k`` pairs (same query). These are the learning curves of Garg et al.
 (2022, Fig. 2) and Akyürek et al. (2023, §4), computed without a Python loop over prefixes: by
-cumulative sums (one-step GD, one-layer LSA), cumulative Gram matrices (multi-layer LSA, K-step GD)
-or a ``lax.scan`` over the context that updates the solution one pair at a time (ridge, Bayes,
+cumulative sums (one-step GD, one-layer LSA), cumulative Gram matrices (multi-layer LSA), a masked
+``[n, n]`` product per step (K-step GD) or a ``lax.scan`` over the context that updates the solution one pair at a time (ridge, Bayes,
 least squares; Akyürek et al. 2023, Thm 2). Each function documents its cost and whether it is exact.
 
 Every ``*_weights`` function returns weights ``[batch, n, d]`` (entry ``k - 1`` from the first ``k``
@@ -238,7 +238,8 @@ def prefix_lsa(model) -> PrefixPredictor:
     prompt. ``L`` layers: since a layer maps every context token by ``z -> P z`` with
     ``P = I + W^PV G W^KQ``, the next Gram matrix is ``P G P^T`` and the query becomes
     ``z_q + W^PV G W^KQ z_q``; starting from the cumulative Gram matrices this gives all prefixes in
-    ``O(n d^2 + L n d^3)`` per prompt without touching the tokens again. Exact (float64: ~1e-13).
+    ``O(n d^2 + L n d^3)`` per prompt (memory ``[batch, n, d+1, d+1]``) without touching the tokens
+    again. Exact (float64: ~1e-13).
     """
     layers = list(model.layers)
 
