@@ -808,7 +808,10 @@ def markdown(doc: dict) -> str:
              f"{m.get('platform')} · Python {m.get('python')} · jax {m.get('jax')} / jaxlib {m.get('jaxlib')}, "
              f"flax {m.get('flax')}, optax {m.get('optax')} · device {m.get('device_kind') or m.get('device')} "
              f"({m.get('backend')}) · load average at start {m['load_average_start'][0]:.1f}, "
-             f"at end {m.get('load_average_end', [float('nan')])[0]:.1f}", "", "## Targets", ""]
+             f"at end {m.get('load_average_end', [float('nan')])[0]:.1f}", ""]
+    if raw.get("note"):
+        lines += [raw["note"], ""]
+    lines += ["## Targets", ""]
     lines += _table(["benchmark", "value", "unit", "target", "met"],
                     [[r["name"], r["value"], r["unit"], r["target"], r["passed"]] for r in doc["results"]])
     if raw.get("throughput"):
@@ -851,7 +854,7 @@ def markdown(doc: dict) -> str:
         lines += _table(["S", "vmapped s", "sequential s", "speedup (wall)", "speedup (CPU time)"],
                         [[c, s["seconds"][f"vmapped_{c}"], s["seconds"][f"sequential_{c}"], s["speedup"][str(c)],
                           s["speedup_cpu"][str(c)]] for c in counts])
-        if "fixed_cost_share_of_single_run" in s:
+        if "fixed_cost_share_of_single_run" in s and m.get("backend", "cpu") == "cpu":
             cw = s["cpu_over_wall"]
             big = max(counts)
             lines += [f"Where the speedup comes from: a run at batch 1 costs "
@@ -906,11 +909,15 @@ def write_outputs(out_dir: Path, doc: dict) -> None:
     from icl.experiment import write_json_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    umask = os.umask(0)
+    os.umask(umask)
     write_json_atomic(out_dir / "benchmarks.json", doc)
+    os.chmod(out_dir / "benchmarks.json", 0o666 & ~umask)  # mkstemp creates files readable by the owner only
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".benchmarks.md.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(markdown(doc))
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, out_dir / "benchmarks.md")
     except BaseException:
         if os.path.exists(tmp):

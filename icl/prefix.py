@@ -5,8 +5,9 @@ A *prefix predictor* maps :class:`~icl.tasks.Prompts` to predictions ``[batch, n
 prompt truncated to its first ``k`` pairs (same query). These are the learning curves of Garg et al.
 (2022, Fig. 2) and Akyürek et al. (2023, §4), computed without a Python loop over prefixes: by
 cumulative sums (one-step GD, one-layer LSA), cumulative Gram matrices (multi-layer LSA), a masked
-``[n, n]`` product per step (K-step GD) or a ``lax.scan`` over the context that updates the solution one pair at a time (ridge, Bayes,
-least squares; Akyürek et al. 2023, Thm 2). Each function documents its cost and whether it is exact.
+``[n, n]`` product per step (K-step GD) or a ``lax.scan`` over the context that updates the
+solution one pair at a time (ridge, Bayes, least squares; Akyürek et al. 2023, Thm 2). Each function
+documents its cost and whether it is exact.
 
 Every ``*_weights`` function returns weights ``[batch, n, d]`` (entry ``k - 1`` from the first ``k``
 pairs); every factory returns a prefix predictor ``Prompts -> [batch, n]``.
