@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
 
@@ -25,18 +24,11 @@ def load_script(repo_root):
 
 
 @pytest.mark.slow
-def test_experiment_end_to_end_writes_summary_and_figure_and_claims_pass(REPO_ROOT, tmp_path):
-    proc = subprocess.run([sys.executable, SCRIPT, *FLAGS, "--out", str(tmp_path)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    summary = json.loads((tmp_path / "summary.json").read_text())
+def test_experiment_end_to_end_writes_summary_and_figure_and_claims_pass(run_experiment, tmp_path):
+    summary = run_experiment(SCRIPT, FLAGS, tmp_path)
     assert summary["experiment"] == "multilayer_gd"
     assert summary["config"]["layers"] == [1, 2] and summary["config"]["d"] == 2 and summary["config"]["n"] == 8
     assert len(summary["claims"]) == 4 + 5 + 1  # per depth: Dist, one per step size, loss, exact-vs-MC; ordering
-    for claim in summary["claims"]:
-        assert {"name", "theory", "measured", "tolerance", "passed"} <= set(claim)
-        assert claim["passed"] is True, claim
-    assert summary["all_passed"] is True
     assert [run["layers"] for run in summary["runs"]] == [1, 2]
     for run in summary["runs"]:
         num_layers = run["layers"]
@@ -47,8 +39,6 @@ def test_experiment_end_to_end_writes_summary_and_figure_and_claims_pass(REPO_RO
         assert set(run["loss"]) >= {"model", "gd_optimal", "gd_plus_plus"}
     assert summary["runs"][0]["a_optimal"][0] == pytest.approx(8 / (8 + 2 + 1), rel=1e-10)  # Mahankali Thm 2
     assert summary["depth_curve"]["depths"] == [1, 2]
-    png = tmp_path / "multilayer_gd.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["figures"] == ["multilayer_gd.png"]
 
 
