@@ -1,76 +1,63 @@
 """icl: an in-context learning theory sandbox (JAX + Flax NNX + Optax).
 
-Tasks sample prompts; models, baselines and closed-form optima are all predictors (``Prompts -> [batch]``);
-theory gives the closed forms they are measured against. See README.md and THEORY.md.
+Tasks sample prompts; models, baselines and closed-form optima are all predictors (``Prompts -> [batch]``
+with ``.prefix(Prompts) -> [batch, n]``); theory gives the closed forms they are measured against.
+See README.md and docs/theory.md.
 """
 
-from icl.algorithms import (
-    Predictor,
-    averaging,
-    bayes_posterior_mean,
-    gd_weights,
-    gradient_descent,
-    least_squares,
-    least_squares_weights,
-    linear_predictor,
-    posterior,
-    predictive_variance,
-    recursive_least_squares_weights,
-    ridge,
-    ridge_weights,
-)
-from icl.analysis import (
-    Comparison,
-    compare_predictors,
-    dist_to_identity,
-    implied_preconditioner,
-    lsa_blocks,
-    prediction_gap,
-    relative_error,
-    residual_terms,
-    sensitivities,
-    sensitivity_cosine,
-)
-from icl.models import LinearSelfAttention, LinearTransformer, prompt_tokens
-from icl.tasks import LinearRegressionTask, Prompts, Task, check_prompts, random_rotation
-from icl.theory import (
-    expected_hh,
-    isotropic_optimal_risk,
-    isotropic_optimal_step_size,
-    one_step_gd_risk,
-    optimal_gamma,
-    optimal_risk,
-    optimal_step_size,
-    risk,
-)
-from icl.training import TrainConfig, TrainingDivergedError, TrainResult, make_optimizer, mse_loss, train
-from icl.sweeps import SweepResult, grid_points, sweep
-from icl.nonlinear import (
-    ReluNetworkTask,
-    SingleIndexTask,
-    TargetMoments,
-    estimate_moments,
-    nonlinear_one_step_risk,
-    nonlinear_optimal_risk,
-    nonlinear_optimal_step_size,
-)
-from icl.uniform import UniformLinearTask, iid_one_step_risk, iid_optimal_risk, iid_optimal_step_size
-from icl.multistep import (
-    SparseLinearTransformer,
-    gd_plus_plus,
-    gd_plus_plus_risk,
-    multistep_gd_risk,
-    optimal_gd_plus_plus,
-    optimal_multistep_step_sizes,
-)
-from icl.population import gradient_flow_limit, population_loss, train_population, zfb_initialization
-from icl.tracking import (
-    Snapshots,
-    align_gauge,
-    compare_with_reference,
-    gd_lsa_weights,
-    interpolation_losses,
-    train_with_snapshots,
+from __future__ import annotations
+
+import importlib
+import warnings
+
+# The public API is the union of these modules' ``__all__`` (one home per kind).
+_MODULES = (
+    "icl.tasks",
+    "icl.theory",
+    "icl.predictors",
+    "icl.models",
+    "icl.training",
+    "icl.sweeps",
+    "icl.evaluate",
+    "icl.checkpoint",
+    "icl.io",
+    "icl.fingerprint",
+    "icl.uncertainty",
+    # transitional (the reshape in progress): old modules still exporting names
+    "icl.algorithms",
+    "icl.analysis",
+    "icl.nonlinear",
+    "icl.uniform",
+    "icl.multistep",
+    "icl.population",
+    "icl.tracking",
 )
 
-__version__ = "0.1.0"
+_DEPRECATED: dict[str, tuple[str, str]] = {}
+__all__: list[str] = []
+
+for _name in _MODULES:
+    try:
+        _module = importlib.import_module(_name)
+    except ModuleNotFoundError as _err:  # transitional: a module not written yet
+        if _err.name != _name:
+            raise
+        continue
+    for _attr in getattr(_module, "__all__", ()):
+        if _attr not in globals():
+            globals()[_attr] = getattr(_module, _attr)
+            __all__.append(_attr)
+    _DEPRECATED.update(getattr(_module, "DEPRECATED", {}))
+
+
+def __getattr__(name: str):
+    """Deprecated names resolve to their replacement with a ``DeprecationWarning`` naming it."""
+    if name in _DEPRECATED:
+        path, replacement = _DEPRECATED[name]
+        warnings.warn(f"icl.{name} is deprecated; use {replacement}", DeprecationWarning, stacklevel=2)
+        module, _, attr = path.rpartition(".")
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'icl' has no attribute {name!r}")
+
+
+__version__ = "0.2.0"

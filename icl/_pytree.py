@@ -1,0 +1,53 @@
+"""``pytree_dataclass``: frozen dataclasses that are JAX pytrees, validated at construction only.
+
+Fields marked with :func:`static_field` are auxiliary (hashable, part of the compiled program's key);
+every other field, including ``init=False`` ones, is a leaf. ``tree_unflatten`` rebuilds the object
+without calling ``__init__``/``__post_init__`` (leaves may be tracers inside ``jit``), so validation
+runs once, when a user builds the object (the Equinox convention).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+__all__ = ["pytree_dataclass", "static_field"]
+
+
+def static_field(**kwargs):
+    """A dataclass field that is static pytree metadata (e.g. a dimension or a number of steps)."""
+    metadata = dict(kwargs.pop("metadata", {}) or {})
+    metadata["static"] = True
+    return dataclasses.field(metadata=metadata, **kwargs)
+
+
+def pytree_dataclass(cls=None, **dataclass_kwargs):
+    """Make ``cls`` a frozen dataclass registered as a pytree (use as ``@pytree_dataclass``)."""
+
+    def wrap(klass):
+        kwargs = {"frozen": True, "eq": False, **dataclass_kwargs}
+        klass = dataclasses.dataclass(**kwargs)(klass)
+        fields = dataclasses.fields(klass)
+        data = tuple(f.name for f in fields if not f.metadata.get("static"))
+        meta = tuple(f.name for f in fields if f.metadata.get("static"))
+
+        def flatten_with_keys(obj):
+            children = [(jax.tree_util.GetAttrKey(name), getattr(obj, name)) for name in data]
+            return children, tuple(getattr(obj, name) for name in meta)
+
+        def flatten(obj):
+            return [getattr(obj, name) for name in data], tuple(getattr(obj, name) for name in meta)
+
+        def unflatten(aux, leaves):
+            obj = object.__new__(klass)
+            for name, value in zip(meta, aux):
+                object.__setattr__(obj, name, value)
+            for name, value in zip(data, leaves):
+                object.__setattr__(obj, name, value)
+            return obj
+
+        jax.tree_util.register_pytree_with_keys(klass, flatten_with_keys, unflatten, flatten)
+        return klass
+
+    return wrap if cls is None else wrap(cls)
