@@ -8,6 +8,7 @@ See README.md and docs/theory.md.
 from __future__ import annotations
 
 import importlib
+import types
 import warnings
 
 # The public API is the union of these modules' ``__all__`` (one home per kind).
@@ -36,17 +37,21 @@ _MODULES = (
 _DEPRECATED: dict[str, tuple[str, str]] = {}
 __all__: list[str] = []
 
+_loaded = []
 for _name in _MODULES:
     try:
-        _module = importlib.import_module(_name)
+        _loaded.append(importlib.import_module(_name))
     except ModuleNotFoundError as _err:  # transitional: a module not written yet
         if _err.name != _name:
             raise
-        continue
+# Export after every import, so that a public name shadows a submodule of the same name for good
+# (icl.fingerprint is the function, not the module icl/fingerprint.py).
+for _module in _loaded:
     for _attr in getattr(_module, "__all__", ()):
-        if _attr not in globals():
+        if _attr not in globals() or isinstance(globals()[_attr], types.ModuleType):
             globals()[_attr] = getattr(_module, _attr)
-            __all__.append(_attr)
+            if _attr not in __all__:
+                __all__.append(_attr)
     _DEPRECATED.update(getattr(_module, "DEPRECATED", {}))
 
 

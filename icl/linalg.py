@@ -4,7 +4,8 @@ Why not ``jnp.linalg.solve``/``cholesky``: on CPU, jaxlib 0.10 runs batched LAPA
 a parallel batch map on XLA's intra-op thread pool, which we saw deadlock on a 2-core machine inside a
 ``lax.scan`` (every pool thread waiting on the others). The matrices here are tiny (``d <= ~50``), so a
 column-by-column Cholesky under ``lax.fori_loop``, vectorised over the batch, is fast, exact in float64
-and never leaves XLA.
+and never leaves XLA. (The predictors' least squares, ridge and Bayes do not solve normal equations at all:
+they use QR updating, :mod:`icl.predictors.qr`, which stays accurate in float32.)
 """
 
 from __future__ import annotations

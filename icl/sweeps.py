@@ -24,12 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from icl.training import TrainConfig, TrainResult, mse_loss, run_training_grid
+from icl.training import TrainConfig, TrainResult, _check_task, _model_spec, _run
 
-__all__ = ["sweep", "SweepResult", "grid_points", "run_sharding"]
+__all__ = ["sweep", "SweepResult", "grid_points", "run_sharding", "check_grid_keys"]
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-_STATIC_FIELDS = ("n", "batch", "steps", "schedule", "warmup", "optimizer", "progress_every")
+# Fields that change shapes or the compiled loop: points that differ in them train in separate groups.
+_STATIC_FIELDS = tuple(sorted(_CONFIG_FIELDS - {"lr", "seed"}))
 
 
 def grid_points(grid: Mapping[str, Sequence]) -> list[dict]:
@@ -73,6 +74,34 @@ class SweepResult:
         return len(self.points)
 
 
+def _accepted_names(fn: Callable, skip: int = 0) -> set[str] | None:
+    """Keyword names ``fn`` accepts (None: any, it takes ``**kwargs``); the first ``skip`` positionals excluded."""
+    params = list(inspect.signature(fn).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params[skip:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_grid_keys(grid: Mapping[str, Sequence], model_fn: Callable, task_fn: Callable) -> None:
+    """Raise ValueError naming a grid key that is neither a TrainConfig field nor a parameter of the functions.
+
+    A key that matches nothing would otherwise be ignored silently (two identical runs labelled
+    differently).
+    """
+    model_names = _accepted_names(model_fn, skip=1)
+    task_names = _accepted_names(task_fn)
+    for key in grid:
+        if key in _CONFIG_FIELDS:
+            continue
+        if model_names is None or task_names is None or key in model_names or key in task_names:
+            continue
+        raise ValueError(
+            f"grid key {key!r} is neither a TrainConfig field nor a parameter of task_fn or model_fn "
+            f"(TrainConfig fields: {sorted(_CONFIG_FIELDS)}; task_fn takes {sorted(task_names)}; model_fn takes "
+            f"{sorted(model_names)} after rngs)"
+        )
+
+
 def _call_with(fn: Callable, point: dict, *args):
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -86,7 +115,7 @@ def sweep(
     config: TrainConfig,
     grid: Mapping[str, Sequence],
     devices: Sequence | None = None,
-    loss_fn: Callable = mse_loss,
+    loss_fn: Callable | None = None,
 ) -> SweepResult:
     """Train every point of ``grid`` (x ``config.num_seeds`` seeds), one compiled program per group.
 
@@ -96,13 +125,16 @@ def sweep(
       config: base :class:`~icl.training.TrainConfig`; grid names that are its fields override it.
       grid: ``{name: [values]}``, e.g. ``{"noise": [0, 0.5, 1], "lr": [1e-3, 1e-2]}``.
       devices: devices to shard the run axis over (default: all of ``jax.devices()``).
+      loss_fn: optional custom loss (as in :func:`~icl.training.train`); default ``config.loss``.
     Returns:
       :class:`SweepResult`. Point ``p`` with seed index ``i`` uses the run key
       ``fold_in(key(seed_p), i)``, exactly as :func:`~icl.training.train` does for ``config.seed = seed_p``,
-      so a sweep point equals the matching single ``train`` call.
+      so a sweep point equals the matching single ``train`` call (up to float rounding: a program over more runs
+      may vectorise differently).
     """
     start = time.perf_counter()
     points = grid_points(grid)
+    check_grid_keys(grid, model_fn, task_fn)
     configs = [dataclasses.replace(config, **{k: v for k, v in p.items() if k in _CONFIG_FIELDS}) for p in points]
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
@@ -119,15 +151,19 @@ def _train_group(points, configs, model_fn, task_fn, devices, loss_fn):
     t0 = time.perf_counter()
     seeds = configs[0].num_seeds
     tasks = [_call_with(task_fn, p) for p in points]
+    for task, c in zip(tasks, configs):
+        _check_task(task, c)
     structures = {jax.tree.structure(t) for t in tasks}
     if len(structures) != 1:
         raise ValueError("task_fn must return tasks with one pytree structure for points that share n/batch/steps")
-    graphdef = None
+    graphdef = model_spec = None
     params, keys, lrs, run_tasks = [], [], [], []
     for p, c, task in zip(points, configs, tasks):
         for i in range(seeds):
             key = jax.random.fold_in(jax.random.key(c.seed), i)
-            graphdef, state = nnx.split(_call_with(model_fn, p, nnx.Rngs(params=jax.random.fold_in(key, 0))))
+            model = _call_with(model_fn, p, nnx.Rngs(params=jax.random.fold_in(key, 0)))
+            graphdef, state = nnx.split(model)
+            model_spec = _model_spec(model)
             params.append(state)
             keys.append(key)
             lrs.append(c.lr)
@@ -140,14 +176,14 @@ def _train_group(points, configs, model_fn, task_fn, devices, loss_fn):
     stack = lambda items: jax.tree.map(lambda *xs: jnp.stack(xs), *[items[j] for j in order])  # noqa: E731
     shared_task = len(points) == 1
     task_arg = tasks[0] if shared_task else stack(run_tasks)
-    stacked_params, losses = run_training_grid(
-        graphdef, stack(params), jnp.asarray([lrs[j] for j in order]), jnp.stack([keys[j] for j in order]),
-        task_arg, not shared_task, configs[0], loss_fn, start=t0, sharding=run_sharding(padded, devices),
-    )
+    out = _run(graphdef, stack(params), jnp.asarray([lrs[j] for j in order]), jnp.stack([keys[j] for j in order]),
+               task_arg, not shared_task, configs[0], loss_fn, start=t0, sharding=run_sharding(padded, devices))
     seconds = time.perf_counter() - t0
-    out = []
+    results = []
     for k, c in enumerate(configs):
         rows = slice(k * seeds, (k + 1) * seeds)
-        point_params = jax.tree.map(lambda a: np.asarray(a)[rows], stacked_params)
-        out.append(TrainResult(graphdef, point_params, losses[rows], c, seconds))
-    return out
+        take = lambda tree: jax.tree.map(lambda a: np.asarray(a)[rows], tree)  # noqa: E731
+        results.append(TrainResult(graphdef, take(out["params"]), out["losses"][rows], c, seconds,
+                                   opt_state=take(out["opt_state"]), step=c.steps,
+                                   final_losses=out["final_losses"][rows], model_spec=model_spec))
+    return results

@@ -39,8 +39,8 @@ def assert_within_se(measured: float, se: float, theory: float, k: float = NUM_S
 
 @contextlib.contextmanager
 def x64():
-    """Run a block with 64-bit JAX arrays (``jax.experimental.enable_x64``)."""
-    from jax.experimental import enable_x64
+    """Run a block with 64-bit JAX arrays (``jax.enable_x64`` as a context manager)."""
+    import jax
 
-    with enable_x64():
+    with jax.enable_x64(True):
         yield

@@ -1,0 +1,151 @@
+"""Ahn et al. (2023)'s sparse L-layer linear transformer: L steps of preconditioned GD with learned ``A_l``.
+
+docs/theory.md §6 (Ahn, Cheng, Daneshmand & Sra 2023, arXiv:2306.00297, Theorem 3 and their 3-layer
+experiment). **Sign convention**: :class:`icl.models.LinearTransformer` predicts ``+`` (last coordinate of
+the query). Ahn's L-layer GD construction (``W^PV_l`` last row ``[0, 1]``, ``W^KQ_l`` top-left ``-A_l``)
+carries the residuals ``y_i - x_i^T w_l`` in the context and ``-x_q^T w_l`` in the query, so it predicts
+``-(last coordinate)``; for L >= 2 no gauge flips that sign (the context and query coordinates are moved
+by the same map), which is why :class:`SparseLinearTransformer` reads out with Ahn's minus sign.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from icl.models.lsa import _check_prompts, _gram_stack, _prefix_grams, _prefix_queries, prompt_tokens
+from icl.tasks.base import Prompts, check_positive_int
+
+__all__ = ["SparseLSALayer", "SparseLinearTransformer", "layer_preconditioners", "whiten_preconditioner"]
+
+
+class SparseLSALayer(nnx.Module):
+    """One layer of Ahn et al. 2023's sparse parametrisation (their Theorem 3 and 3-layer experiment).
+
+    ``W^PV = [[0, 0], [0, 1]]`` (fixed) and ``W^KQ = [[-A, 0], [0, 0]]`` with ``A`` (``d x d``) trainable, so a
+    token ``[x; r]`` becomes ``[x; r - g^T A x]`` with ``g = (1/n) sum_j r_j x_j`` over the context: with
+    context residuals ``r_j = y_j - x_j^T w`` this is the step ``w <- w + A^T g = w - A^T grad L(w)``.
+    ``w_pv`` / ``w_kq`` give the full matrices, so :func:`icl.models.implied_preconditioner` applies:
+    ``Gamma_eff = -A^T``, and with Ahn's read-out sign the layer's preconditioner is ``-Gamma_eff = A^T``.
+    """
+
+    def __init__(self, d: int, *, init_scale: float = 0.01, rngs: nnx.Rngs):
+        self.d = check_positive_int("d", d)
+        if not init_scale >= 0:
+            raise ValueError(f"init_scale must be >= 0, got {init_scale!r}")
+        self.a_mat = nnx.Param(init_scale * jax.random.normal(rngs.params(), (d, d)))
+
+    @property
+    def w_pv(self) -> jax.Array:
+        d = self.d
+        return jnp.zeros((d + 1, d + 1), self.a_mat.dtype).at[d, d].set(1.0)
+
+    @property
+    def w_kq(self) -> jax.Array:
+        d = self.d
+        return jnp.zeros((d + 1, d + 1), self.a_mat.dtype).at[:d, :d].set(-self.a_mat[...])
+
+    def __call__(self, x: jax.Array, r: jax.Array, x_query: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Update the last coordinates: context ``r: [batch, n]``, query ``q: [batch]`` (``x`` is unchanged)."""
+        a = self.a_mat[...]
+        g = jnp.einsum("bn,bnd->bd", r, x) / x.shape[-2]
+        ga = g @ a  # g^T A
+        return r - jnp.einsum("bd,bnd->bn", ga, x), q - jnp.einsum("bd,bd->b", ga, x_query)
+
+
+class SparseLinearTransformer(nnx.Module):
+    """L sparse LSA layers (Ahn et al. 2023, Theorem 3): L steps of preconditioned GD with learned ``A_l``.
+
+    Prediction ``y_hat = -(last coordinate of the query token)``, Ahn's sign (module docstring): then
+    ``y_hat = x_q^T w_L`` with ``w_{l+1} = w_l - A_l^T grad L(w_l)``, ``w_0 = 0``, exactly. Ahn et al. prove the
+    critical points ``A_l = a_l Sigma^{-1}`` and find them by training (their code, chengxiang/LinearTransformer,
+    trains these ``A_l`` with Adam from small i.i.d. Gaussian entries). ``model(prompts) -> [batch]``;
+    ``model.prefix(prompts) -> [batch, n]`` in Garg's convention (docs/theory.md §10; see
+    :meth:`icl.models.LinearTransformer.prefix`).
+    """
+
+    returns_variance = False
+
+    def __init__(self, d: int, num_layers: int = 1, *, init_scale: float = 0.01, rngs: nnx.Rngs):
+        check_positive_int("num_layers", num_layers)
+        self.d = check_positive_int("d", d)
+        self.layers = nnx.List([SparseLSALayer(d, init_scale=init_scale, rngs=rngs) for _ in range(num_layers)])
+        self._init_args = (("d", int(d)), ("num_layers", int(num_layers)), ("init_scale", float(init_scale)))
+
+    @classmethod
+    def from_gd(cls, d: int, step_sizes, preconditioner=None) -> "SparseLinearTransformer":
+        """``K`` layers running ``K`` steps of preconditioned GD from 0 exactly: ``A_l^T = eta_l P_l``.
+
+        ``step_sizes``: scalar or ``[K]``; ``preconditioner``: ``None`` (identity), ``[d, d]`` or ``[K, d, d]``.
+        The model then equals ``icl.gradient_descent(step_sizes, preconditioner)`` (docs/theory.md §6).
+        """
+        d = check_positive_int("d", d)
+        etas = np.atleast_1d(np.asarray(step_sizes, np.float64))
+        if etas.ndim != 1 or not np.all(np.isfinite(etas)):
+            raise ValueError(f"step_sizes must be a finite scalar or 1-d array [K], got {step_sizes!r}")
+        k = etas.shape[0]
+        if preconditioner is None:
+            precs = np.broadcast_to(np.eye(d), (k, d, d))
+        else:
+            precs = np.asarray(preconditioner, np.float64)
+            if precs.shape == (d, d):
+                precs = np.broadcast_to(precs, (k, d, d))
+            if precs.shape != (k, d, d):
+                raise ValueError(f"preconditioner must be [{d}, {d}] or [{k}, {d}, {d}], got shape {np.shape(preconditioner)}")
+        model = cls(d, k, init_scale=0.0, rngs=nnx.Rngs(0))
+        for layer, eta, prec in zip(model.layers, etas, precs):
+            layer.a_mat[...] = jnp.asarray(eta * prec.T, layer.a_mat[...].dtype)
+        return model
+
+    def __call__(self, prompts: Prompts) -> jax.Array:
+        _check_prompts(prompts, self.d, "model")
+        r, q = prompts.y, jnp.zeros_like(prompts.y_query)
+        for layer in self.layers:
+            r, q = layer(prompts.x, r, prompts.x_query, q)
+        return -q
+
+    def prefix(self, prompts: Prompts) -> jax.Array:
+        """Every-prefix predictions ``[batch, n]`` (Garg's convention; entry 0 is 0): the Gram form of the stack."""
+        _check_prompts(prompts, self.d, "model")
+        context, _ = prompt_tokens(prompts)
+        w_pvs = [layer.w_pv for layer in self.layers]
+        w_kqs = [layer.w_kq for layer in self.layers]
+        return -_gram_stack(w_pvs, w_kqs, _prefix_grams(context), _prefix_queries(context))[..., -1]
+
+
+def layer_preconditioners(model_or_params) -> jax.Array:
+    """The per-layer step matrices ``A_l^T`` of a :class:`SparseLinearTransformer`: ``[..., L, d, d]``.
+
+    Accepts the model or its parameter state (``result.params`` of :func:`icl.train`, with a leading seed
+    axis). Equal to ``-implied_preconditioner(layer)`` for each layer (Ahn's read-out sign).
+    """
+    if isinstance(model_or_params, nnx.Module):
+        if not hasattr(model_or_params, "layers") or not all(hasattr(l, "a_mat") for l in model_or_params.layers):
+            raise ValueError(f"model_or_params must be a SparseLinearTransformer, got {type(model_or_params).__name__}")
+        mats = [layer.a_mat[...] for layer in model_or_params.layers]
+    else:  # an nnx.State / mapping keyed by layer index
+        try:
+            layers = model_or_params["layers"]
+            mats = [layers[i]["a_mat"][...] for i in sorted(layers.keys())]
+        except (KeyError, TypeError) as err:
+            raise ValueError("model_or_params must be a SparseLinearTransformer or its parameter state "
+                             "(with layers/<i>/a_mat)") from err
+    mats = [jnp.asarray(m) for m in mats]
+    return jnp.swapaxes(jnp.stack(mats, axis=-3), -1, -2)
+
+
+def whiten_preconditioner(matrices, x_cov) -> np.ndarray:
+    """``Sigma^{1/2} A Sigma^{1/2}`` for ``A: [..., d, d]`` (numpy, symmetric square root by ``eigh``).
+
+    Ahn et al.'s read-out of a learned preconditioner: ``A = a Sigma^{-1}`` exactly when this is ``a I``;
+    measure with :func:`icl.models.dist_to_identity` and read ``a = tr(.)/d``.
+    """
+    x_cov = np.asarray(x_cov, np.float64)
+    matrices = np.asarray(matrices, np.float64)
+    if x_cov.ndim != 2 or x_cov.shape[0] != x_cov.shape[1] or matrices.shape[-2:] != x_cov.shape:
+        raise ValueError(f"x_cov must be [d, d] matching matrices [..., d, d], got {x_cov.shape} and {matrices.shape}")
+    evals, evecs = np.linalg.eigh(x_cov)
+    root = (evecs * np.sqrt(np.maximum(evals, 0.0))) @ evecs.T
+    return root @ matrices @ root

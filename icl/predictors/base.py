@@ -1,0 +1,208 @@
+"""The predictor protocol: ``p(prompts) -> [batch]`` and ``p.prefix(prompts) -> [batch, n]``.
+
+A predictor maps :class:`~icl.tasks.Prompts` to the prediction of the query from the whole context,
+``[batch]``. Its ``prefix`` gives, at entry ``k - 1`` (``k = 1..n``), the prediction of ``y_k`` from
+``x_k`` using the first ``k - 1`` pairs (Garg et al. 2022's convention, docs/theory.md §10); ``k = 1``
+is the no-data answer, 0 for the zero-mean priors here. So ``p(prompts)`` is what ``prefix`` would give
+at ``k = n + 1``, not ``prefix[:, n - 1]``.
+
+Mean-and-variance predictors set ``returns_variance = True`` and return ``(mean, var)`` pairs of those
+shapes. Library predictors are pytrees (:func:`icl._pytree.pytree_dataclass`) whose hyper-parameters are
+leaves, so one compiled evaluator serves every step size or penalty.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["Predictor", "check_output", "returns_variance", "has_prefix", "predictor_name"]
+
+
+class Predictor:
+    """Base class of the library's predictors (see the module docstring for the protocol).
+
+    Subclasses implement ``__call__(prompts) -> [batch]`` and, when they can, ``prefix(prompts) ->
+    [batch, n]``. The base ``prefix`` raises ValueError naming the predictor: such a predictor predicts
+    from the whole context only.
+    """
+
+    returns_variance = False
+
+    def __call__(self, prompts):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} does not implement __call__")
+
+    def prefix(self, prompts):
+        raise ValueError(
+            f"predictor {predictor_name(self)} has no prefix: it predicts the query from the whole context only"
+        )
+
+
+@jax.jit
+def _call_jit(p, prompts):
+    return p._call(prompts)
+
+
+@jax.jit
+def _prefix_jit(p, prompts):
+    return p._prefix(prompts)
+
+
+class JittedPredictor(Predictor):
+    """A :class:`Predictor` whose ``__call__``/``prefix`` run ``_call``/``_prefix`` under one module-level
+    ``jax.jit`` (the predictor is a pytree argument): eager calls compile once per class, shape and dtype,
+    for every value of the hyper-parameters. Inside an outer ``jit`` the inner one is inlined."""
+
+    def __call__(self, prompts):
+        return _call_jit(self, prompts)
+
+    def prefix(self, prompts):
+        if type(self)._prefix is JittedPredictor._prefix:
+            return Predictor.prefix(self, prompts)
+        return _prefix_jit(self, prompts)
+
+    def _call(self, prompts):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _prefix(self, prompts):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def predictor_name(p) -> str:
+    """A short human-readable name of a predictor (class name or function name)."""
+    if isinstance(p, Predictor):
+        return type(p).__name__
+    return getattr(p, "__name__", None) or type(p).__name__
+
+
+def returns_variance(p) -> bool:
+    """Whether ``p`` returns ``(mean, variance)`` pairs (class attribute ``returns_variance``)."""
+    return bool(getattr(p, "returns_variance", False))
+
+
+def has_prefix(p) -> bool:
+    """Whether ``p`` has a working ``prefix`` (library predictors without one inherit the raising default)."""
+    if isinstance(p, JittedPredictor):
+        return type(p)._prefix is not JittedPredictor._prefix
+    method = getattr(type(p), "prefix", None) if isinstance(p, Predictor) else getattr(p, "prefix", None)
+    return callable(method) and method is not Predictor.prefix
+
+
+def _shape(a):
+    return tuple(getattr(a, "shape", np.shape(a)))
+
+
+def check_output(name: str, out, prompts, prefix: bool = False):
+    """Check a predictor's output shape; return ``out`` unchanged.
+
+    A mean predictor must return ``[batch]`` (``[batch, n]`` for ``prefix=True``); a mean-and-variance
+    predictor a pair ``(mean, var)`` of those shapes. Works on tracers (shapes are static). Raises
+    ValueError naming ``name`` (the predictor) and the shapes.
+    """
+    b, n = prompts.x.shape[0], prompts.x.shape[1]
+    want = (b, n) if prefix else (b,)
+    what = "prefix output" if prefix else "output"
+    if isinstance(out, (tuple, list)):
+        if len(out) != 2:
+            raise ValueError(
+                f"predictor {name}: {what} must be an array {want} or a (mean, variance) pair of those, "
+                f"got a sequence of {len(out)} items"
+            )
+        for part, arr in zip(("mean", "variance"), out):
+            if _shape(arr) != want:
+                raise ValueError(f"predictor {name}: {what} {part} must have shape {want}, got {_shape(arr)}")
+        return out
+    if _shape(out) != want:
+        raise ValueError(f"predictor {name}: {what} must have shape {want} ([batch{', n' if prefix else ''}]), "
+                         f"got {_shape(out)}")
+    return out
+
+
+def check_prompts(name: str, prompts, query: bool = True):
+    """Validate the prompt shapes a predictor relies on (static shapes, so it works under ``jit``).
+
+    ``x`` must be ``[batch, n, d]``, ``y`` ``[batch, n]`` and (if ``query``) ``x_query`` ``[batch, d]``;
+    a ValueError names the predictor and the field (``prompts.y`` ...).
+    """
+    x, y = prompts.x, prompts.y
+    if len(_shape(x)) != 3:
+        raise ValueError(f"predictor {name}: prompts.x must have shape [batch, n, d], got {_shape(x)}")
+    b, n, d = _shape(x)
+    if _shape(y) != (b, n):
+        raise ValueError(f"predictor {name}: prompts.y must have shape [batch, n] = {(b, n)}, got {_shape(y)}")
+    if query and _shape(prompts.x_query) != (b, d):
+        several = len(_shape(prompts.x_query)) == 3
+        extra = " (several queries per prompt: apply icl.tasks.each_query first)" if several else ""
+        raise ValueError(
+            f"predictor {name}: prompts.x_query must have shape [batch, d] = {(b, d)}, "
+            f"got {_shape(prompts.x_query)}{extra}"
+        )
+    return x, y
+
+
+def check_context(name: str, x, y):
+    """The ``(x [batch, n, d], y [batch, n])`` check of the ``*_weights`` functions."""
+    if len(_shape(x)) != 3:
+        raise ValueError(f"{name}: x must have shape [batch, n, d], got {_shape(x)}")
+    if _shape(y) != _shape(x)[:2]:
+        raise ValueError(f"{name}: y must have shape [batch, n] = {_shape(x)[:2]}, got {_shape(y)}")
+    x = jnp.asarray(x)
+    return x, jnp.asarray(y, x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hyper-parameter leaves
+# ----------------------------------------------------------------------------------------------------------
+
+
+def is_concrete(value) -> bool:
+    return not isinstance(value, jax.core.Tracer)
+
+
+def as_leaf(value):
+    """Hyper-parameter leaf: a float64 numpy array when concrete (cast to the prompts' dtype at use)."""
+    if value is None or not is_concrete(value):
+        return value
+    return np.asarray(value, dtype=np.float64)
+
+
+def check_scalar(name: str, value, *, positive: bool = False, nonnegative: bool = False, hint: str = ""):
+    """Validate a finite scalar (``> 0`` or ``>= 0`` if asked); tracers pass unchecked. Returns the leaf."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not is_concrete(value):
+        return value
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if arr.ndim != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {arr.shape}")
+    if not np.isfinite(arr):
+        raise ValueError(f"{name} must be finite, got {value!r}{hint}")
+    if positive and not arr > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}{hint}")
+    if nonnegative and not arr >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}{hint}")
+    return arr
+
+
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """Validate an integer ``>= minimum`` (a static hyper-parameter such as k or a number of steps)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def prefix_counts(n: int, dtype) -> jax.Array:
+    """``max(k - 1, 1)`` for ``k = 1..n``: the number of context pairs before point ``k`` (1 at ``k = 1``,
+    where every sum is empty, so the no-data answer is ``0 / 1 = 0``, never ``0 / 0``)."""
+    return jnp.maximum(jnp.arange(n, dtype=dtype), 1)
+
+
+def shifted_cumsum(a: jax.Array, axis: int = 1) -> jax.Array:
+    """Exclusive cumulative sum along ``axis``: entry ``k - 1`` sums entries ``< k - 1`` (0 at ``k = 1``)."""
+    c = jnp.cumsum(a, axis=axis)
+    zero = jnp.zeros_like(jax.lax.slice_in_dim(c, 0, 1, axis=axis))
+    return jnp.concatenate([zero, jax.lax.slice_in_dim(c, 0, c.shape[axis] - 1, axis=axis)], axis=axis)

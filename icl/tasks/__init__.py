@@ -1,0 +1,54 @@
+"""Task distributions: synthetic in-context regression problems (docs/theory.md §1).
+
+A task is a frozen pytree dataclass validated when it is built, whose ``sample(key, batch, n, num_queries=None)``
+is a pure function of a PRNG key returning :class:`Prompts`. Families: :class:`LinearRegressionTask`
+(Gaussian), :class:`UniformLinearTask` (i.i.d. uniform inputs), :class:`SparseLinearTask` (s-sparse ``w``),
+:class:`ReluNetworkTask` and :class:`SingleIndexTask` (nonlinear targets). Each describes its law
+(:class:`GaussianLaw`, :class:`IIDLaw`, :class:`TargetLaw`) for :mod:`icl.theory`.
+"""
+
+from icl.tasks.base import (
+    GaussianLaw,
+    IIDLaw,
+    IllConditionedWarning,
+    Prompts,
+    TargetLaw,
+    Task,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+    check_prompts,
+    check_spd,
+    each_query,
+    random_rotation,
+)
+from icl.tasks.iid import UniformLinearTask, uniform_moments
+from icl.tasks.linear import LinearRegressionTask, weight_prior
+from icl.tasks.nonlinear import LINKS, ReluNetworkTask, SingleIndexTask
+from icl.tasks.pool import FiniteTaskPool
+from icl.tasks.sparse import SparseLinearTask
+
+__all__ = [
+    "LINKS",
+    "FiniteTaskPool",
+    "GaussianLaw",
+    "IIDLaw",
+    "IllConditionedWarning",
+    "LinearRegressionTask",
+    "Prompts",
+    "ReluNetworkTask",
+    "SingleIndexTask",
+    "SparseLinearTask",
+    "TargetLaw",
+    "Task",
+    "UniformLinearTask",
+    "check_non_negative",
+    "check_positive",
+    "check_positive_int",
+    "check_prompts",
+    "check_spd",
+    "each_query",
+    "random_rotation",
+    "uniform_moments",
+    "weight_prior",
+]

@@ -1,0 +1,128 @@
+"""Closed forms of in-context learning theory: one API over every task law that has one (docs/theory.md).
+
+- One layer / one GD step (§3-§5): :func:`optimal_gamma`, :func:`optimal_step_size`, :func:`optimal_risk`,
+  :func:`risk`, :func:`one_step_risk`, :func:`expected_hh` take ``(task, n)`` for any task whose ``law()`` is a
+  :class:`~icl.tasks.GaussianLaw` (Gaussian, sparse), :class:`~icl.tasks.IIDLaw` (uniform inputs) or a
+  :class:`~icl.tasks.TargetLaw` with known moments (nonlinear targets), a law itself, or the
+  :class:`TargetMoments` of :func:`estimate_moments`. Results are float64 numpy whatever the JAX precision;
+  :func:`differentiable_risk` and :func:`population_loss` are the ``jax.numpy`` versions.
+- Several steps (§6): :func:`multistep_gd_risk`, :func:`optimal_multistep_step_sizes`,
+  :func:`gd_plus_plus_risk`, :func:`optimal_gd_plus_plus`, :func:`wishart_trace_moments`.
+- Population training (§2-§3): :func:`population_loss`, :func:`train_population`, :func:`gradient_flow_limit`,
+  :func:`zfb_initialization`, ...
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+from icl.theory.api import (
+    differentiable_risk,
+    expected_hh,
+    law_of,
+    one_step_risk,
+    optimal_gamma,
+    optimal_risk,
+    optimal_step_size,
+    risk,
+)
+from icl.theory.multistep import (
+    gd_plus_plus_polynomial,
+    gd_plus_plus_risk,
+    gd_polynomial,
+    multistep_gd_risk,
+    optimal_gd_plus_plus,
+    optimal_multistep_step_sizes,
+    polynomial_risk,
+    wishart_trace_moments,
+)
+from icl.theory.nonlinear import TargetMoments, estimate_moments, linear_part_norm2
+from icl.theory.population import (
+    PopulationFlow,
+    conserved_quantity,
+    flow_time_scales,
+    gradient_flow_limit,
+    lsa_from_parameters,
+    population_loss,
+    query_marginal_loss,
+    train_population,
+    zfb_initialization,
+)
+
+__all__ = [
+    "PopulationFlow",
+    "TargetMoments",
+    "conserved_quantity",
+    "differentiable_risk",
+    "estimate_moments",
+    "expected_hh",
+    "flow_time_scales",
+    "gd_plus_plus_polynomial",
+    "gd_plus_plus_risk",
+    "gd_polynomial",
+    "gradient_flow_limit",
+    "law_of",
+    "linear_part_norm2",
+    "lsa_from_parameters",
+    "multistep_gd_risk",
+    "one_step_risk",
+    "optimal_gamma",
+    "optimal_gd_plus_plus",
+    "optimal_multistep_step_sizes",
+    "optimal_risk",
+    "optimal_step_size",
+    "polynomial_risk",
+    "population_loss",
+    "query_marginal_loss",
+    "risk",
+    "train_population",
+    "wishart_trace_moments",
+    "zfb_initialization",
+]
+
+DEPRECATED: dict[str, tuple[str, str]] = {
+    "isotropic_optimal_step_size": (
+        "icl.theory.gaussian.isotropic_optimal_step_size",
+        "icl.optimal_step_size(icl.LinearRegressionTask.isotropic(d, noise_std, tau), n)",
+    ),
+    "isotropic_optimal_risk": (
+        "icl.theory.gaussian.isotropic_optimal_risk",
+        "icl.optimal_risk(icl.LinearRegressionTask.isotropic(d, noise_std, tau), n)",
+    ),
+    "one_step_gd_risk": ("icl.theory.gaussian.one_step_gd_risk", "icl.one_step_risk(eta, task, n)"),
+    "iid_optimal_step_size": (
+        "icl.theory.iid.iid_optimal_step_size",
+        "icl.optimal_step_size(task, n) (a UniformLinearTask, or icl.IIDLaw(d, s2, m4, noise_std))",
+    ),
+    "iid_one_step_risk": (
+        "icl.theory.iid.iid_one_step_risk",
+        "icl.one_step_risk(eta, task, n) (a UniformLinearTask, or icl.IIDLaw(d, s2, m4, noise_std))",
+    ),
+    "iid_optimal_risk": (
+        "icl.theory.iid.iid_optimal_risk",
+        "icl.optimal_risk(task, n) (a UniformLinearTask, or icl.IIDLaw(d, s2, m4, noise_std))",
+    ),
+    "nonlinear_optimal_step_size": (
+        "icl.theory.nonlinear.nonlinear_optimal_step_size",
+        "icl.optimal_step_size(task_or_moments, n) (moments = icl.estimate_moments(task, key), or icl.TargetLaw)",
+    ),
+    "nonlinear_one_step_risk": (
+        "icl.theory.nonlinear.nonlinear_one_step_risk",
+        "icl.one_step_risk(eta, task_or_moments, n) (moments = icl.estimate_moments(task, key), or icl.TargetLaw)",
+    ),
+    "nonlinear_optimal_risk": (
+        "icl.theory.nonlinear.nonlinear_optimal_risk",
+        "icl.optimal_risk(task_or_moments, n) (moments = icl.estimate_moments(task, key), or icl.TargetLaw)",
+    ),
+}
+
+
+def __getattr__(name: str):
+    """Deprecated names resolve to their implementation with a ``DeprecationWarning`` naming the replacement."""
+    if name in DEPRECATED:
+        path, replacement = DEPRECATED[name]
+        warnings.warn(f"icl.theory.{name} is deprecated; use {replacement}", DeprecationWarning, stacklevel=2)
+        module, _, attr = path.rpartition(".")
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'icl.theory' has no attribute {name!r}")
