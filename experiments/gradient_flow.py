@@ -4,52 +4,77 @@ Zhang, Frei & Bartlett (2023), Theorem 4.1: for x ~ N(0, Lambda), w ~ N(0, I), y
 population loss of one linear self-attention layer, started from W^PV(0) = s [[0, 0], [0, 1]] and
 W^KQ(0) = s [[Theta Theta^T, 0], [0, 0]] with ||Theta Theta^T||_F = 1, converges to W^PV_22 = ||Gamma*||_F^{1/2},
 W^KQ_11 = ||Gamma*||_F^{-1/2} Gamma* with Gamma* = [(1 + 1/n) Lambda + tr(Lambda)/n I]^{-1}, and predicts on
-prompts of any length M with the closed-form error R_M(Gamma*) (THEORY.md §3 with n -> M).
+prompts of any length M with the closed-form error R_M(Gamma*) (docs/theory.md §3 with n -> M).
 
-Here the flow is integrated exactly (icl.population.train_population: RK4 in float64 on the closed-form loss
+Here the flow is integrated exactly (icl.train_population: RK4 in float64 on the closed-form loss
 R(c A^T); no prompts are sampled). Why those individual limits: Q = c^2 - ||A||_F^2 is conserved by the flow and
 is 0 at their initialisation; an unbalanced start (c(0) = --unbalanced-c0) lands where the conserved Q says.
-Only the test-error check samples prompts. --steps/--batch/--lr are not used (no sampling in training).
+Only the test-error check samples prompts, so there are no --steps/--batch/--lr flags.
 
-    python experiments/gradient_flow.py [--x-cov-eigs 1 1 0.25 0.0625 1 --n 20 --test-lengths 5 20 80 ...]
+    python experiments/gradient_flow.py [--quick] [--x-cov-eigs 1 1 0.25 0.0625 1 --n 20 --test-lengths 5 20 80 ...]
 """
 
 from __future__ import annotations
 
-import sys
-
 import jax
-import matplotlib.pyplot as plt
 import numpy as np
 
 import icl
-from icl.experiment import base_parser, finish_run, relative_claim, start_run, upper_bound_claim
-from icl.population import gradient_flow_limit, lsa_from_parameters, train_population, zfb_initialization
+from icl.experiment import (
+    Experiment,
+    Outcome,
+    positive_float,
+    positive_int,
+    relative_claim,
+    script_main,
+    upper_bound_claim,
+)
+from icl.theory import gradient_flow_limit, lsa_from_parameters, train_population, zfb_initialization
+
+# --- configuration -------------------------------------------------------------------------------------------
+FLAGS = dict(n=20, noise=[0.0], seeds=2, seed=0, init_scale=0.01, eval_prompts=200_000)
+QUICK = dict(eval_prompts=100_000)
 
 EXPERIMENT = "gradient_flow"
 LIMIT_TOL = 1e-4  # relative, the limit of the flow vs the closed form
 CONSERVED_TOL = 1e-6  # absolute drift of Q = c^2 - ||A||_F^2 over the whole flow
 
 
-def parse_args(argv):
-    p = base_parser(__doc__.splitlines()[0], n=20, seeds=2, init_scale=0.01)
-    p.add_argument("--x-cov-eigs", type=float, nargs="+", default=[1.0, 1.0, 0.25, 0.0625, 1.0],
-                   help="eigenvalues of Lambda (their count sets d; --d is ignored); rotated by a Haar matrix "
-                        "from --seed")
+def add_arguments(p):
+    p.add_argument("--x-cov-eigs", type=positive_float, nargs="+", default=[1.0, 1.0, 0.25, 0.0625, 1.0],
+                   help="eigenvalues of Lambda (their count sets d), rotated by a Haar matrix from --seed")
     p.add_argument("--w-prior", choices=["isotropic", "inverse"], default="isotropic",
                    help="Omega = I (ZFB) or Sigma^-1")
-    p.add_argument("--test-lengths", type=int, nargs="+", default=[5, 20, 80], help="prompt lengths M at test")
-    p.add_argument("--unbalanced-c0", type=float, default=1.0,
+    p.add_argument("--test-lengths", type=positive_int, nargs="+", default=[5, 20, 80], help="prompt lengths M at test")
+    p.add_argument("--unbalanced-c0", type=lambda t: _nonzero(t), default=1.0,
                    help="W^PV_22(0) of the extra unbalanced run (W^KQ_11(0) = init-scale * Gaussian)")
-    p.add_argument("--flow-time", type=float, default=None, help="flow time (default: automatic, see train_population)")
-    p.add_argument("--dt", type=float, default=None, help="RK4 step (default: automatic)")
-    args = p.parse_args(argv)
+    p.add_argument("--flow-time", type=positive_float, default=None,
+                   help="flow time (default: automatic, see icl.train_population)")
+    p.add_argument("--dt", type=positive_float, default=None, help="RK4 step (default: automatic)")
+
+
+def _nonzero(text):
+    import argparse
+
+    from icl.experiment import finite_float
+
+    value = finite_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be a finite nonzero number")
+    return value
+
+
+def validate(args, parser):
     args.d = len(args.x_cov_eigs)
     if len(args.noise) != 1:
-        p.error("--noise takes one value here")
-    if min(args.test_lengths) < 1:
-        p.error("--test-lengths must be positive")
-    return args
+        parser.error("--noise takes one value here")
+    if args.dt is not None and args.flow_time is not None and args.dt > args.flow_time:
+        parser.error("--dt must be <= --flow-time")
+
+
+def parse_args(argv):
+    """The parsed and validated flags (exit code 2 on a bad one)."""
+    return SPEC.parse(argv)
 
 
 def zfb_closed_form(task, n: int) -> tuple[float, np.ndarray, np.ndarray]:
@@ -111,6 +136,8 @@ def test_errors(args, task, c: float, a_mat: np.ndarray, gamma_star: np.ndarray,
 
 
 def plot(balanced, unbalanced, euler, limits: dict, tests: list, task, n: int):
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
     r_star = limits["risk_star"]
     ax = axes[0]
@@ -168,9 +195,7 @@ def plot(balanced, unbalanced, euler, limits: dict, tests: list, task, n: int):
     return fig
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    config, out_dir, start = start_run(args, EXPERIMENT)
+def run(args) -> Outcome:
     n, d = args.n, args.d
     task = icl.LinearRegressionTask.from_eigenvalues(args.x_cov_eigs, noise_std=args.noise[0], w_prior=args.w_prior,
                                                      rotation_seed=args.seed)
@@ -211,7 +236,7 @@ def main(argv=None) -> dict:
             "ZFB Thm 4.1 / Ahn et al. Thm 1 formula, written out with numpy; relative Frobenius, worst seed"))
     claims.append(relative_claim("balanced init: final population loss = R*", risk_star,
                                  float(np.max(np.atleast_2d(balanced.losses)[:, -1])), 1e-8,
-                                 "R* = tr(Sigma Omega) + sigma^2 - tr(Gamma* Sigma Omega Sigma) (THEORY.md §3)"))
+                                 "R* = tr(Sigma Omega) + sigma^2 - tr(Gamma* Sigma Omega Sigma) (docs/theory.md §3)"))
     claims.append(upper_bound_claim("balanced init: conserved Q = c^2 - ||A||_F^2 drift", float(q_drift),
                                     CONSERVED_TOL, 0.0, "exact invariant of the flow (icl.population); RK4 error"))
     c_err_u, a_err_u = limit_errors(unbalanced, c_unb, a_unb)
@@ -255,10 +280,20 @@ def main(argv=None) -> dict:
               f"(z = {t['z']:+.2f}; best in class at M {t['best_risk_at_M']:.5f})")
     limits = {"c_zfb": c_zfb, "a_zfb": a_zfb, "gamma_zfb": gamma_zfb, "c_unbalanced": c_unb, "a_unbalanced": a_unb,
               "risk_star": risk_star}
-    figures = {f"{EXPERIMENT}.png": plot(balanced, unbalanced, euler, limits, tests, task, n)}
-    return finish_run(out_dir, EXPERIMENT, config, claims, runs, figures, start)
+    figure = lambda: plot(balanced, unbalanced, euler, limits, tests, task, n)  # noqa: E731
+    return Outcome(claims, runs, {f"{EXPERIMENT}.png": figure})
+
+
+
+SPEC = Experiment(EXPERIMENT, __doc__.splitlines()[0], FLAGS, run, add_arguments=add_arguments, validate=validate,
+                  quick=QUICK, trains=False)
+
+
+def main(argv=None) -> dict:
+    from icl.experiment import run_experiment
+
+    return run_experiment(SPEC, argv)
 
 
 if __name__ == "__main__":
-    result = main()
-    sys.exit(0 if all(c.passed for c in result["claims"]) else 1)
+    script_main(SPEC)

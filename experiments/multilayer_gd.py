@@ -8,35 +8,41 @@ preconditioned by Sigma^-1, whose step sizes {a_l} are the optimal L-step ones (
 {0.4224, 0.6891, 1.7142}, loss/d = 0.0267).
 
 Their batch is 20000; on a 2-core CPU the default trains 2 seeds per depth for 4000 Adam steps of 1024 prompts
-(peak lr 0.2, cosine decay) on the query-averaged loss (icl.population.query_marginal_loss: the same
+(peak lr 0.2, cosine decay) on the query-averaged loss (icl.query_marginal_loss: the same
 population loss, lower variance), about 1-2 minutes in all. GD++ (von Oswald et al. 2023) with tuned step
 sizes is the baseline that also moves the inputs. --full-model also trains the unconstrained
 icl.LinearTransformer (our + read-out), reported without a claim: it is a richer class than L-step GD (the
 x-rows of W^PV can transform inputs as GD++ does) and with 2-3 layers reaches losses well below optimal
 L-step GD, so the claims are about Ahn's sparse parametrisation, as in their experiment.
 
-    python experiments/multilayer_gd.py [--layers 1 2 3 --steps 4000 --batch 1024 --seeds 2 ...]
+    python experiments/multilayer_gd.py [--quick] [--layers 1 2 3 --steps 4000 --batch 1024 --seeds 2 ...]
 """
 
 from __future__ import annotations
-
-import sys
 
 import jax
 import numpy as np
 
 import icl
-from icl.experiment import base_parser, finish_run, relative_claim, start_run, upper_bound_claim
-from icl.multistep import (
-    SparseLinearTransformer,
-    gd_plus_plus,
-    layer_preconditioners,
-    optimal_gd_plus_plus,
-    optimal_multistep_step_sizes,
-    whiten_preconditioner,
+from icl.experiment import (
+    Experiment,
+    Outcome,
+    convergence_claim,
+    final_train_loss,
+    positive_float,
+    positive_int,
+    relative_claim,
+    script_main,
+    seed_losses,
+    train_config,
+    train_models,
+    upper_bound_claim,
 )
-from icl.population import query_marginal_loss
 
+# --- configuration -------------------------------------------------------------------------------------------
+FLAGS = dict(n=20, noise=[0.0], steps=4000, batch=1024, seeds=2, lr=0.2, seed=0, init_scale=0.01,
+             eval_prompts=100_000)
+QUICK = dict(eval_prompts=50_000)
 EXPERIMENT = "multilayer_gd"
 AHN_EIGS = [1.0, 1.0, 0.25, 0.0625, 1.0]
 DIST_BOUND = 0.05  # Dist(Sigma^1/2 A_l Sigma^1/2, I): the theory says 0
@@ -44,39 +50,42 @@ STEP_TOL = 0.03  # sorted a_l vs the optimal step sizes, relative
 LOSS_TOL = 0.02  # trained loss vs optimal L-step GD on the same prompts, relative
 
 
-def parse_args(argv):
-    p = base_parser(__doc__.splitlines()[0], n=20, steps=4000, batch=1024, seeds=2, lr=0.2)
-    p.add_argument("--x-cov-eigs", type=float, nargs="+", default=list(AHN_EIGS),
-                   help="eigenvalues of Sigma (their count sets d; --d is ignored); rotated by a Haar matrix "
-                        "from --seed")
+def add_arguments(p):
+    p.add_argument("--x-cov-eigs", type=positive_float, nargs="+", default=list(AHN_EIGS),
+                   help="eigenvalues of Sigma (their count sets d), rotated by a Haar matrix from --seed")
     p.add_argument("--w-prior", choices=["inverse", "isotropic"], default="inverse",
                    help="Omega = Sigma^-1 (Ahn et al.) or I")
-    p.add_argument("--layers", type=int, nargs="+", default=[1, 2, 3], help="depths L to train")
+    p.add_argument("--layers", type=positive_int, nargs="+", default=[1, 2, 3], help="depths L to train")
     p.add_argument("--full-model", action="store_true",
                    help="also train the unconstrained icl.LinearTransformer(d, L) (reported, no claim)")
-    p.add_argument("--full-lr", type=float, default=0.02, help="peak Adam learning rate of --full-model")
-    args = p.parse_args(argv)
+    p.add_argument("--full-lr", type=positive_float, default=0.02, help="peak Adam learning rate of --full-model")
+
+
+def validate(args, parser):
     args.d = len(args.x_cov_eigs)
     if len(args.noise) != 1:
-        p.error("--noise takes one value here")
-    if sorted(set(args.layers)) != args.layers or min(args.layers) < 1:
-        p.error("--layers must be increasing positive integers without repeats")
-    return args
+        parser.error("--noise takes one value here")
+    if sorted(set(args.layers)) != args.layers:
+        parser.error("--layers must be increasing positive integers without repeats")
 
 
-def train_depth(args, task, num_layers: int, model_fn, lr: float):
-    config = icl.TrainConfig(steps=args.steps, batch=args.batch, n=args.n, lr=lr, num_seeds=args.seeds, seed=args.seed,
-                             progress_every=args.steps // 5 if args.progress else 0)
-    return icl.train(model_fn, task, config, loss_fn=query_marginal_loss(task))
+def parse_args(argv):
+    """The parsed and validated flags (exit code 2 on a bad one)."""
+    return SPEC.parse(argv)
+
+
+def train_depth(args, task, num_layers: int, model_fn, lr: float, stage: str):
+    return train_models(args, model_fn, task, train_config(args, lr=lr), stage=stage,
+                        loss_fn=icl.query_marginal_loss(task))
 
 
 def run_depth(args, task, num_layers: int, key, baselines: dict) -> tuple[dict, list]:
     """Train the sparse L-layer model (all seeds), read its layers, compare with optimal GD and GD++."""
     d, n = args.d, args.n
-    result = train_depth(args, task, num_layers,
-                         lambda r: SparseLinearTransformer(d, num_layers, init_scale=args.init_scale, rngs=r), args.lr)
-    precs = np.asarray(layer_preconditioners(result.params))  # [seeds, L, d, d]: w <- w - A_l^T grad
-    whitened = whiten_preconditioner(precs, task.x_cov)  # Sigma^1/2 A_l^T Sigma^1/2
+    sparse_fn = lambda r: icl.SparseLinearTransformer(d, num_layers, init_scale=args.init_scale, rngs=r)  # noqa
+    result = train_depth(args, task, num_layers, sparse_fn, args.lr, f"sparse_L{num_layers}")
+    precs = np.asarray(icl.layer_preconditioners(result.params))  # [seeds, L, d, d]: w <- w - A_l^T grad
+    whitened = icl.whiten_preconditioner(precs, task.x_cov)  # Sigma^1/2 A_l^T Sigma^1/2
     a_learned = np.trace(whitened, axis1=-2, axis2=-1) / d  # [seeds, L]
     dists = np.asarray(icl.dist_to_identity(whitened))  # [seeds, L]
     a_sorted = np.sort(a_learned, axis=1)
@@ -86,15 +95,17 @@ def run_depth(args, task, num_layers: int, key, baselines: dict) -> tuple[dict, 
 
     models = {f"model_{i}": result.model(i) for i in range(result.num_seeds)}
     predictors = {**models, "gd_optimal": icl.gradient_descent(gd_steps, sigma_inv),
-                  "gd_plus_plus": gd_plus_plus(pp_steps, pp_gammas, sigma_inv)}
+                  "gd_plus_plus": icl.gd_plus_plus(pp_steps, pp_gammas, sigma_inv)}
     full = None
     if args.full_model:
         full = train_depth(args, task, num_layers,
                            lambda r: icl.LinearTransformer(d, num_layers, init_scale=args.init_scale, rngs=r),
-                           args.full_lr)
+                           args.full_lr, f"full_L{num_layers}")
         predictors.update({f"full_{i}": full.model(i) for i in range(full.num_seeds)})
     comparison = icl.compare_predictors(predictors, task, key, n, num_prompts=args.eval_prompts,
-                                        pairs=[(m, "gd_optimal") for m in models])
+                                        pairs=[(m, "gd_optimal") for m in models], cosine_pairs=[])
+    spread = seed_losses(comparison, list(models))
+    conv, report = convergence_claim(f"L={num_layers}", result)
     losses = {k: v[0] for k, v in comparison.losses.items()}
     ses = {k: v[1] for k, v in comparison.losses.items()}
     model_losses = np.array([losses[m] for m in models])
@@ -115,7 +126,9 @@ def run_depth(args, task, num_layers: int, key, baselines: dict) -> tuple[dict, 
                     "gd_plus_plus": ses["gd_plus_plus"]},
         "model_vs_gd": {m: comparison.pairs[(m, "gd_optimal")] for m in models},
         "eval_prompts": comparison.num_prompts,
-        "final_train_loss": float(result.losses[:, -max(1, args.steps // 20):].mean()),
+        "loss_seed_spread": spread,
+        "final_train_loss": final_train_loss(result),
+        "convergence": report,
         "train_seconds": result.seconds,
     }
     if full is not None:
@@ -127,7 +140,7 @@ def run_depth(args, task, num_layers: int, key, baselines: dict) -> tuple[dict, 
     worst_dist = float(dists.max())
     claims = [upper_bound_claim(
         f"{tag}: max_l Dist(Sigma^1/2 A_l Sigma^1/2, I)", worst_dist, DIST_BOUND, 0.0,
-        "Ahn et al. 2023 Thm 3: A_l = a_l Sigma^-1; worst layer and seed")]
+        "Ahn et al. 2023 Thm 3: A_l = a_l Sigma^-1; worst layer and seed", per_seed=dists.max(axis=1))]
     rel = np.abs(a_sorted - gd_steps) / gd_steps  # [seeds, L]
     for j in range(num_layers):
         worst = int(np.argmax(rel[:, j]))
@@ -135,19 +148,21 @@ def run_depth(args, task, num_layers: int, key, baselines: dict) -> tuple[dict, 
             f"{tag}: sorted step a_({j + 1}) vs optimal {num_layers}-step GD", gd_steps[j], a_sorted[worst, j],
             STEP_TOL, f"Ahn et al. 2023 Thm 3 + experiment; optimal steps = reciprocal roots of the optimal "
             f"residual polynomial (icl.multistep); measured: the seed farthest from theory "
-            f"(seeds: {np.round(a_sorted[:, j], 4).tolist()})"))
+            f"(seeds: {np.round(a_sorted[:, j], 4).tolist()})", per_seed=a_sorted[:, j]))
     worst = int(np.argmax(model_losses))
     pair = comparison.pairs[(f"model_{worst}", "gd_optimal")]
     claims.append(relative_claim(
         f"{tag}: trained loss within 2% of optimal {num_layers}-step GD (same prompts)", losses["gd_optimal"],
         model_losses[worst], LOSS_TOL,
         f"worst seed; {comparison.num_prompts} prompts, paired difference {pair['loss_diff']:.3g} ± "
-        f"{pair['loss_diff_se']:.2g}; GD loss SE {ses['gd_optimal']:.2g}"))
+        f"{pair['loss_diff_se']:.2g}; GD loss SE {ses['gd_optimal']:.2g}", per_seed=model_losses,
+        se=float(pair["loss_diff_se"])))
     se = ses["gd_optimal"]
     claims.append(relative_claim(
         f"{tag}: exact risk of optimal {num_layers}-step GD = Monte Carlo (4 SE)", gd_risk, losses["gd_optimal"],
         4 * se / gd_risk,
-        f"closed form via exact Wishart moments vs MSE on {comparison.num_prompts} prompts, SE {se:.2g}"))
+        f"closed form via exact Wishart moments vs MSE on {comparison.num_prompts} prompts, SE {se:.2g}", se=se))
+    claims.append(conv)
     return run, claims
 
 
@@ -195,40 +210,44 @@ def plot(runs: list[dict], depth_curve: dict, d: int, n: int):
     return fig
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    config, out_dir, start = start_run(args, EXPERIMENT)
+def run(args) -> Outcome:
     task = icl.LinearRegressionTask.from_eigenvalues(args.x_cov_eigs, noise_std=args.noise[0], w_prior=args.w_prior,
                                                      rotation_seed=args.seed)
     depths = list(range(1, max(args.layers) + 1))
-    baselines = {"gd": {k: optimal_multistep_step_sizes(task, args.n, k) for k in depths},
-                 "gdpp": {k: optimal_gd_plus_plus(task, args.n, k) for k in depths}}
+    baselines = {"gd": {k: icl.optimal_multistep_step_sizes(task, args.n, k) for k in depths},
+                 "gdpp": {k: icl.optimal_gd_plus_plus(task, args.n, k) for k in depths}}
     depth_curve = {"depths": depths, "gd": [baselines["gd"][k][1] for k in depths],
                    "gdpp": [baselines["gdpp"][k][2] for k in depths]}
     eval_keys = jax.random.split(jax.random.key(args.seed + 10_000), len(args.layers))
     runs, claims = [], []
     for num_layers, key in zip(args.layers, eval_keys):
-        run, run_claims = run_depth(args, task, num_layers, key, baselines)
-        runs.append(run)
-        claims.extend(run_claims)
-        print(f"L={num_layers}: a_l {np.round(run['a_sorted'], 4).tolist()} vs optimal "
-              f"{np.round(run['a_optimal'], 4).tolist()}; max Dist {run['dist_to_identity'].max():.4f}; "
-              f"loss {run['loss']['model']:.5f} vs GD* {run['loss']['gd_optimal']:.5f} "
-              f"(exact {run['risk_theory']:.5f}), GD++ {run['loss']['gd_plus_plus']:.5f}"
-              + (f", full LSA per seed {np.round(run['full_model']['loss_per_seed'], 5).tolist()}"
-                 if "full_model" in run else ""))
+        r, c = run_depth(args, task, num_layers, key, baselines)
+        runs.append(r)
+        claims += c
+        print(f"L={num_layers}: a_l {np.round(r['a_sorted'], 4).tolist()} vs optimal "
+              f"{np.round(r['a_optimal'], 4).tolist()}; max Dist {r['dist_to_identity'].max():.4f}; "
+              f"loss {r['loss']['model']:.5f} vs GD* {r['loss']['gd_optimal']:.5f} "
+              f"(exact {r['risk_theory']:.5f}), GD++ {r['loss']['gd_plus_plus']:.5f}")
     if len(runs) > 1:
         model = [r["loss"]["model"] for r in runs]
         theory = [r["risk_theory"] for r in runs]
-        ratio = max(b / a for a, b in zip(model, model[1:]))
         claims.append(upper_bound_claim(
-            "trained loss falls with depth: max loss(L next)/loss(L)", ratio, 1.0,
-            max(b / a for a, b in zip(theory, theory[1:])),
+            "trained loss falls with depth: max loss(L next)/loss(L)", max(b / a for a, b in zip(model, model[1:])),
+            1.0, max(b / a for a, b in zip(theory, theory[1:])),
             "ordering check, must be < 1; theory: the same ratio for optimal K-step GD"))
-    figures = {f"{EXPERIMENT}.png": plot(runs, depth_curve, args.d, args.n)}
-    return finish_run(out_dir, EXPERIMENT, config, claims, runs, figures, start, depth_curve=depth_curve)
+    return Outcome(claims, runs, {f"{EXPERIMENT}.png": lambda: plot(runs, depth_curve, args.d, args.n)},
+                   {"depth_curve": depth_curve})
+
+
+SPEC = Experiment(EXPERIMENT, __doc__.splitlines()[0], FLAGS, run, add_arguments=add_arguments, validate=validate,
+                  quick=QUICK)
+
+
+def main(argv=None) -> dict:
+    from icl.experiment import run_experiment
+
+    return run_experiment(SPEC, argv)
 
 
 if __name__ == "__main__":
-    result = main()
-    sys.exit(0 if all(c.passed for c in result["claims"]) else 1)
+    script_main(SPEC)

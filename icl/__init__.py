@@ -13,6 +13,7 @@ import warnings
 
 # The public API is the union of these modules' ``__all__`` (one home per kind).
 _MODULES = (
+    "icl._pytree",  # pytree_dataclass, static_field: for users' own tasks and predictors
     "icl.tasks",
     "icl.theory",
     "icl.predictors",

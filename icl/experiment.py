@@ -1,234 +1,449 @@
-"""The small runner every experiment script shares: flags, output folder, claims, atomic writes.
+"""The runner every experiment script shares: flags, ``--quick``, training, claims, the run folder, the exit code.
 
-An experiment writes ``summary.json`` with ``experiment``, ``config``, ``claims`` (each ``name``,
-``theory``, ``measured``, ``tolerance``, ``passed``) and ``runs``, plus its figures, into one folder.
+A script declares an :class:`Experiment` (its name, the shared flags it uses with their defaults, its own
+flags, its ``--quick`` overrides and a ``run(args) -> Outcome`` function) and ends with
+``if __name__ == "__main__": script_main(SPEC)``. The runner then
+
+1. parses and range-checks every flag before any work (an argparse error: exit code 2, nothing written);
+   ``--quick`` (and named presets such as ``--fast``) set new defaults that explicit flags still override;
+2. turns on JAX's persistent compilation cache (``--compilation-cache`` or the ``ICL_COMPILATION_CACHE``
+   environment variable: a folder, or ``off``; default ``~/.cache/icl/jax``, under ``$XDG_CACHE_HOME`` when set);
+3. runs the experiment; a training run that diverges becomes a failed claim, not a traceback;
+4. writes ``summary.json`` and the figures with :func:`icl.io.write_run` (one atomic folder, provenance
+   included) into ``--out`` or ``results/<experiment>-<hash of config and precision>``;
+5. prints the claims and exits 0 only when every claim passed.
+
+The helpers below are the steps every script repeats: :func:`train_models` / :func:`train_grid` (with
+``--checkpoint-every`` / ``--resume``), :func:`gamma_eff` and :func:`step_sizes` (reading ``Gamma_eff`` off
+the weights), :func:`final_train_loss`, :func:`convergence_claim` (is training finished?) and
+:func:`seed_losses` (per-seed losses with their spread).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
+import math
 import os
-import tempfile
-from dataclasses import dataclass
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from icl.sweeps import grid_points
+from icl.io import (
+    Claim,
+    config_hash,
+    lower_bound_claim,
+    provenance,
+    relative_claim,
+    upper_bound_claim,
+    write_run,
+)
 
 __all__ = [
+    "Experiment",
+    "Outcome",
+    "run_experiment",
+    "script_main",
+    "enable_compilation_cache",
+    "train_models",
+    "train_grid",
+    "gamma_eff",
+    "step_sizes",
+    "final_train_loss",
+    "convergence_claim",
+    "seed_losses",
+    "print_claims",
     "Claim",
     "relative_claim",
     "upper_bound_claim",
-    "to_jsonable",
-    "write_json_atomic",
-    "save_figure_atomic",
-    "run_directory",
-    "write_summary",
-    "base_parser",
-    "print_claims",
-    "train_lsa_grid",
-    "seed_mean_losses",
-    "start_run",
-    "finish_run",
+    "lower_bound_claim",
 ]
+
+RESULTS_ROOT = Path("results")
+NOT_CONFIG = ("out", "progress", "quick", "checkpoint_every", "resume", "compilation_cache", "fast")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Flag types: every value is range-checked by argparse itself (exit code 2 before any work)
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+# The shared flags: (type, nargs, help). A script lists the ones it uses; the others do not exist for it.
+COMMON_FLAGS: dict[str, tuple] = {
+    "d": (positive_int, None, "input dimension"),
+    "n": (positive_int, None, "context length (examples per prompt)"),
+    "noise": (nonneg_float, "+", "label-noise standard deviation(s) sigma"),
+    "steps": (positive_int, None, "training steps"),
+    "batch": (positive_int, None, "prompts per training step"),
+    "seeds": (positive_int, None, "independent training runs (vmapped)"),
+    "lr": (positive_float, None, "peak Adam learning rate"),
+    "seed": (nonneg_int, None, "base random seed"),
+    "init_scale": (nonneg_float, None, "std of the initial weights"),
+    "init_diag": (finite_float, None, "added to the diagonal of W^PV and W^KQ at start (starts on the c A^T path)"),
+    "eval_prompts": (lambda t: at_least(t, 2), None, "fresh prompts for the loss comparison (>= 2)"),
+}
+
+
+def at_least(text: str, low: int) -> int:
+    """argparse helper: an integer >= ``low`` (use as ``type=lambda t: at_least(t, 2)``)."""
+    value = _integer(text)
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------
+# The experiment description
+
+
+@dataclass
+class Outcome:
+    """What ``Experiment.run`` returns: claims, per-run records, figures (``{file: Figure or callable}``)."""
+
+    claims: list
+    runs: list
+    figures: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class Claim:
-    """One theory-versus-measurement check.
+class Experiment:
+    """One experiment script.
 
-    ``tolerance`` is relative for :func:`relative_claim` and an absolute bound for
-    :func:`upper_bound_claim`; ``detail`` says what was compared (paper, equation, units).
+    Attributes:
+      name: the experiment's name (``summary.json["experiment"]``, the default folder name).
+      description: the first line of ``--help``.
+      flags: ``{shared flag: default}`` for the :data:`COMMON_FLAGS` this script uses (others are absent).
+      run: ``run(args) -> Outcome``.
+      add_arguments: ``add_arguments(parser)`` adds the script's own flags (with range-checked types).
+      validate: ``validate(args, parser)`` checks combinations (``parser.error`` -> exit 2) and may set
+        derived values (e.g. ``args.d`` from the covariance eigenvalues).
+      quick: ``{flag: value}`` used by ``--quick`` (what ``reproduce_all.py --quick`` runs).
+      presets: other named presets, ``{name: ({flag: value}, help)}`` (e.g. von Oswald's ``--fast``).
+      trains: the script trains models (adds ``--checkpoint-every`` and ``--resume``).
     """
 
     name: str
-    theory: float | None
-    measured: float
-    tolerance: float
-    passed: bool
-    detail: str = ""
+    description: str
+    flags: Mapping[str, object]
+    run: Callable[[argparse.Namespace], Outcome]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    validate: Callable[[argparse.Namespace, argparse.ArgumentParser], None] | None = None
+    quick: Mapping[str, object] = field(default_factory=dict)
+    presets: Mapping[str, tuple] = field(default_factory=dict)
+    trains: bool = True
+
+    def parser(self) -> argparse.ArgumentParser:
+        p = argparse.ArgumentParser(description=self.description, allow_abbrev=False,
+                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        for name, default in self.flags.items():
+            kind, nargs, text = COMMON_FLAGS[name]
+            p.add_argument("--" + name.replace("_", "-"), type=kind, nargs=nargs, default=default, help=text)
+        if self.add_arguments is not None:
+            self.add_arguments(p)
+        p.add_argument("--quick", action="store_true",
+                       help="small settings that still pass every claim: " + _describe(self.quick))
+        for preset, (_, text) in self.presets.items():
+            p.add_argument("--" + preset, action="store_true", help=text)
+        if self.trains:
+            p.add_argument("--checkpoint-every", type=nonneg_int, default=0,
+                           help="write a training checkpoint every K steps (0: off) under "
+                                "<out parent>/.checkpoints/<out name>/")
+            p.add_argument("--resume", action="store_true",
+                           help="continue training from the newest checkpoint of this configuration")
+        p.add_argument("--out", default=None, help="output folder (default: results/<experiment>-<config hash>)")
+        p.add_argument("--compilation-cache", default=None,
+                       help="JAX persistent compilation cache folder, or 'off' (default: $ICL_COMPILATION_CACHE, "
+                            "else ~/.cache/icl/jax)")
+        p.add_argument("--progress", action="store_true", help="print training progress")
+        return p
+
+    def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
+        """Parse and validate ``argv``: exit code 2 with a message on any bad flag; nothing is written."""
+        p = self.parser()
+        probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        probe.add_argument("--quick", action="store_true")
+        for preset in self.presets:
+            probe.add_argument("--" + preset, action="store_true")
+        known, _ = probe.parse_known_args(argv)
+        if known.quick:
+            p.set_defaults(**self.quick)
+        for preset, (values, _) in self.presets.items():
+            if getattr(known, preset):
+                p.set_defaults(**values)
+        args = p.parse_args(argv)
+        if self.trains and args.resume and not args.checkpoint_every:
+            p.error("--resume needs --checkpoint-every K (the checkpoints to resume from)")
+        if self.validate is not None:
+            self.validate(args, p)
+        if "steps" in self.flags and getattr(args, "checkpoint_every", 0) > args.steps:
+            p.error(f"--checkpoint-every must be <= --steps ({args.steps})")
+        args.config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+        out = Path(args.out) if args.out else RESULTS_ROOT / f"{self.name}-{config_hash(args.config)}"
+        problem = _unwritable(out)
+        if problem:
+            p.error(f"--out {str(out)!r}: {problem}")
+        args.out_dir = out
+        args.checkpoint_root = out.parent / ".checkpoints" / out.name
+        return args
 
 
-def relative_claim(name: str, theory: float, measured: float, tolerance: float, detail: str = "") -> Claim:
-    """Passes when ``|measured - theory| <= tolerance * |theory|``."""
-    theory, measured = float(theory), float(measured)
-    passed = bool(np.isfinite(measured) and abs(measured - theory) <= tolerance * abs(theory))
-    return Claim(name, theory, measured, float(tolerance), passed, detail or f"relative tolerance {tolerance:g}")
+def _describe(values: Mapping) -> str:
+    return " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                    for k, v in values.items()) or "(the defaults)"
 
 
-def upper_bound_claim(name: str, measured: float, bound: float, theory: float | None = 0.0, detail: str = "") -> Claim:
-    """Passes when ``measured <= bound`` (e.g. a distance that theory says is 0)."""
-    measured = float(measured)
-    passed = bool(np.isfinite(measured) and measured <= bound)
-    return Claim(name, theory, measured, float(bound), passed, detail or f"must be <= {bound:g}")
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot become an output folder (``None`` when it can), without creating anything."""
+    if path.exists() and not path.is_dir():
+        return "exists and is not a folder"
+    probe = path if path.exists() else path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{str(probe)!r} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"folder {str(probe)!r} is not writable"
+    if path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"folder {str(path.parent)!r} is not writable (the run folder is replaced as a whole)"
+    return None
 
 
-def to_jsonable(obj):
-    """Convert numpy/JAX arrays and scalars, dataclasses, tuples and paths to plain JSON types."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "__array__") and not isinstance(obj, (str, bytes)):
-        arr = np.asarray(obj)
-        if arr.dtype == bool:
-            return arr.tolist()
-        return arr.astype(np.float64).tolist() if arr.dtype.kind == "f" else arr.tolist()
-    if isinstance(obj, (np.floating, float)):
-        return float(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+# ----------------------------------------------------------------------------------------------------
+# Compilation cache
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def enable_compilation_cache(setting: str | None = None) -> str | None:
+    """Turn on JAX's persistent compilation cache; returns the folder (``None`` when off).
+
+    ``setting`` (``--compilation-cache``) wins over ``$ICL_COMPILATION_CACHE``; either may be a folder or
+    ``off``. The default is ``~/.cache/icl/jax`` (``$XDG_CACHE_HOME/icl/jax`` when that is set).
+    """
+    import jax
+
+    value = setting if setting is not None else os.environ.get("ICL_COMPILATION_CACHE")
+    if value is not None and value.strip().lower() in ("off", "0", "false", "none", ""):
+        return None
+    if value is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        value = os.path.join(base, "icl", "jax")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        os.makedirs(value, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", value)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return value
 
 
-def write_json_atomic(path, obj) -> Path:
-    """Write ``obj`` (made JSON-ready) to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False)
-    _atomic_write_bytes(path, lambda h: h.write(text.encode()))
-    return path
-
-
-def save_figure_atomic(fig, path, dpi: int = 120) -> Path:
-    """Save a matplotlib figure atomically (temporary file, then ``os.replace``) and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fmt = path.suffix.lstrip(".") or "png"
-    _atomic_write_bytes(path, lambda h: fig.savefig(h, format=fmt, dpi=dpi, bbox_inches="tight"))
-    plt.close(fig)
-    return path
-
-
-def run_directory(out: str | None, experiment: str, config: dict, root: str = "results") -> Path:
-    """The run's output folder: ``out`` if given, else ``results/<experiment>-<hash of config>``."""
-    if out:
-        path = Path(out)
-    else:
-        digest = hashlib.sha256(json.dumps(to_jsonable(config), sort_keys=True).encode()).hexdigest()[:10]
-        path = Path(root) / f"{experiment}-{digest}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def write_summary(out_dir: Path, experiment: str, config: dict, claims: list[Claim], runs: list, **extra) -> Path:
-    """Write ``summary.json`` (``experiment``, ``config``, ``claims``, ``runs`` and any extra keys)."""
-    summary = {
-        "experiment": experiment,
-        "config": config,
-        "all_passed": all(c.passed for c in claims),
-        "claims": claims,
-        "runs": runs,
-        **extra,
-    }
-    return write_json_atomic(Path(out_dir) / "summary.json", summary)
-
-
-def base_parser(description: str, **defaults) -> argparse.ArgumentParser:
-    """Flags every experiment shares; ``defaults`` override the built-in defaults by flag name."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    d = {"d": 5, "n": 10, "noise": [0.0], "steps": 500, "batch": 512, "seeds": 4, "lr": 1e-2, "seed": 0,
-         "init_scale": 0.01, "init_diag": 0.0, "eval_prompts": 200_000}
-    d.update(defaults)
-    p.add_argument("--d", type=int, default=d["d"], help="input dimension")
-    p.add_argument("--n", type=int, default=d["n"], help="context length (examples per prompt)")
-    p.add_argument("--noise", type=float, nargs="+", default=d["noise"], help="label-noise standard deviation(s) sigma")
-    p.add_argument("--steps", type=int, default=d["steps"], help="training steps")
-    p.add_argument("--batch", type=int, default=d["batch"], help="prompts per training step")
-    p.add_argument("--seeds", type=int, default=d["seeds"], help="independent training runs (vmapped)")
-    p.add_argument("--lr", type=float, default=d["lr"], help="peak Adam learning rate (cosine decay)")
-    p.add_argument("--seed", type=int, default=d["seed"], help="base random seed")
-    p.add_argument("--init-scale", type=float, default=d["init_scale"], help="std of the initial weights")
-    p.add_argument("--init-diag", type=float, default=d["init_diag"],
-                   help="added to the diagonal of W^PV and W^KQ at start (starts on the c A^T path)")
-    p.add_argument("--eval-prompts", type=int, default=d["eval_prompts"], help="fresh prompts for the loss comparison")
-    p.add_argument("--out", default=None, help="output folder (default: results/<experiment>-<config hash>)")
-    p.add_argument("--progress", action="store_true", help="print training progress")
-    return p
+# ----------------------------------------------------------------------------------------------------
+# Running
 
 
 def print_claims(claims: list[Claim]) -> None:
     """Print a one-line-per-claim table to stdout."""
-    width = max(len(c.name) for c in claims) if claims else 10
+    width = max((len(c.name) for c in claims), default=10)
     for c in claims:
         theory = "-" if c.theory is None else f"{c.theory:.5g}"
-        print(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name:<{width}}  theory {theory:>10}  measured {c.measured:.5g}  tol {c.tolerance:g}")
+        measured = "nan" if c.measured is None else f"{c.measured:.5g}"
+        print(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name:<{width}}  theory {theory:>10}  measured {measured}  "
+              f"tol {c.tolerance:g}")
 
 
-def train_lsa_grid(task_fn, grid: dict, args, num_layers: int = 1) -> list:
-    """Train ``args.seeds`` linear transformers per grid point with the shared flags, as one sweep.
+def run_experiment(spec: Experiment, argv: Sequence[str] | None = None) -> dict:
+    """Parse, run, write and report one experiment. Returns ``{"claims", "runs", "out_dir", "seconds",
+    "all_passed", "summary"}`` (what ``reproduce_all.py`` reads). Bad flags: ``SystemExit(2)``."""
+    args = spec.parse(argv)
+    start = time.perf_counter()
+    cache = enable_compilation_cache(args.compilation_cache)
+    import icl
 
-    ``task_fn(**point)`` builds each point's task (see :func:`icl.sweeps.sweep`). Returns a list of
-    ``(point, result, gammas)`` with ``gammas: [seeds, d, d]`` each seed's first-layer ``Gamma_eff``
-    (numpy). Flags used: ``steps, batch, n, lr, seeds, seed, init_scale, init_diag, progress``.
+    try:
+        outcome = spec.run(args)
+    except icl.TrainingDivergedError as err:
+        outcome = Outcome([Claim("training finished without diverging", None, float("nan"), 0.0, False, str(err))],
+                          [{"error": str(err)}])
+    seconds = time.perf_counter() - start
+    summary = {
+        "experiment": spec.name,
+        "config": args.config,
+        "claims": outcome.claims,
+        "runs": outcome.runs,
+        "seconds": seconds,
+        "provenance": {**provenance(), "compilation_cache": cache},
+        **outcome.extra,
+    }
+    written = write_run(args.out_dir, summary, outcome.figures)
+    print_claims(outcome.claims)
+    print(f"wrote {args.out_dir}/summary.json and {', '.join(written['figures']) or 'no figures'} in {seconds:.1f}s")
+    return {"claims": outcome.claims, "runs": outcome.runs, "out_dir": args.out_dir, "seconds": seconds,
+            "all_passed": written["all_passed"], "summary": written}
+
+
+def script_main(spec: Experiment, argv: Sequence[str] | None = None) -> None:
+    """The ending of every script: run it and exit 0 when every claim passed, else 1 (2: bad flags)."""
+    sys.exit(0 if run_experiment(spec, argv)["all_passed"] else 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training helpers
+
+
+def _checkpointing(args, stage: str) -> dict:
+    if not getattr(args, "checkpoint_every", 0):
+        return {}
+    folder = Path(args.checkpoint_root) / stage
+    if not args.resume and folder.exists():
+        shutil.rmtree(folder)  # a fresh run of this configuration replaces its old checkpoints
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"checkpoint_dir": folder, "resume": bool(args.resume)}
+
+
+def train_config(args, **overrides):
+    """The :class:`icl.TrainConfig` of the shared flags (``steps, batch, n, lr, seeds, seed``) and ``overrides``."""
+    import icl
+
+    values = dict(steps=args.steps, batch=args.batch, n=args.n, lr=args.lr, num_seeds=args.seeds, seed=args.seed,
+                  progress_every=max(args.steps // 5, 1) if args.progress else 0,
+                  checkpoint_every=getattr(args, "checkpoint_every", 0))
+    values.update(overrides)
+    return icl.TrainConfig(**values)
+
+
+def train_models(args, model_fn, task, config, stage: str = "train", **kwargs):
+    """``icl.train`` with the script's checkpoint flags (a folder per ``stage`` under the checkpoint root)."""
+    import icl
+
+    return icl.train(model_fn, task, config, **_checkpointing(args, stage), **kwargs)
+
+
+def train_grid(args, model_fn, task_fn, config, grid: Mapping[str, Sequence], stage: str = "grid") -> list:
+    """Train every point of ``grid``: one compiled sweep, or one checkpointed ``train`` per point.
+
+    Returns ``[(point, TrainResult)]``. A sweep point equals the single ``train`` call with the same config,
+    so both paths give the same models.
     """
     import icl
-    from icl.sweeps import sweep
+    from icl.sweeps import grid_points, sweep
 
-    config = icl.TrainConfig(steps=args.steps, batch=args.batch, n=args.n, lr=args.lr, num_seeds=args.seeds,
-                             seed=args.seed, progress_every=max(args.steps // 5, 1) if args.progress else 0)
-    d = task_fn(**grid_points(grid)[0]).d
-
-    def model_fn(rngs):
-        return icl.LinearTransformer(d, num_layers, init_scale=args.init_scale, init_diag=args.init_diag, rngs=rngs)
-
+    points = grid_points(grid)
+    if not getattr(args, "checkpoint_every", 0):
+        return list(sweep(model_fn, task_fn, config, grid))
     out = []
-    for point, result in sweep(model_fn, task_fn, config, grid):
-        layer = result.params["layers"][0]
-        out.append((point, result, np.asarray(icl.implied_preconditioner(layer["w_pv"][...], layer["w_kq"][...]))))
+    for i, point in enumerate(points):
+        out.append((point, icl.train(model_fn, task_fn(**point), config, **_checkpointing(args, f"{stage}_{i}"))))
     return out
 
 
-def seed_mean_losses(comparison, prefix: str = "lsa_") -> tuple[float, float, list[float]]:
-    """Mean over seeds of the losses named ``prefix*`` in a comparison: ``(mean, largest SE, per seed)``."""
-    names = [k for k in comparison.losses if k.startswith(prefix)]
-    losses = [comparison.losses[k][0] for k in names]
-    return float(np.mean(losses)), float(max(comparison.losses[k][1] for k in names)), losses
+def gamma_eff(result, layer: int = 0) -> np.ndarray:
+    """``Gamma_eff = c A^T + a b^T`` of one layer of every seed: ``[seeds, d, d]`` float64 (docs/theory.md §2)."""
+    import icl
+
+    weights = result.params["layers"][layer]
+    return np.asarray(icl.implied_preconditioner(weights["w_pv"][...], weights["w_kq"][...]), np.float64)
 
 
-def start_run(args, experiment: str) -> tuple[dict, Path, float]:
-    """Common start of a script: ``(config dict of the flags, output folder, start time)``."""
-    import time
-
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "progress")}
-    return config, run_directory(args.out, experiment, config), time.perf_counter()
+def step_sizes(gammas: np.ndarray) -> np.ndarray:
+    """The step size each ``Gamma_eff`` implements: its mean diagonal, ``[...]``."""
+    g = np.asarray(gammas)
+    return np.trace(g, axis1=-2, axis2=-1) / g.shape[-1]
 
 
-def finish_run(out_dir: Path, experiment: str, config: dict, claims: list, runs: list, figures: dict, start: float,
-               **extra) -> dict:
-    """Common end of a script: save ``figures`` (``{file name: matplotlib figure}``), write ``summary.json``,
-    print the claims. Returns ``{"claims", "runs", "out_dir", "seconds"}`` (what ``reproduce_all`` reads)."""
-    import time
+def final_train_loss(result, fraction: float = 0.05) -> list[float]:
+    """Mean training loss of each seed over the last ``fraction`` of the steps."""
+    losses = np.asarray(result.losses, np.float64)
+    tail = max(1, int(round(losses.shape[1] * fraction)))
+    return losses[:, -tail:].mean(axis=1).tolist()
 
-    import jax
 
-    paths = [save_figure_atomic(fig, Path(out_dir) / name) for name, fig in figures.items()]
-    seconds = time.perf_counter() - start
-    path = write_summary(out_dir, experiment, config, claims, runs, figures=[p.name for p in paths], seconds=seconds,
-                         jax_backend=jax.default_backend(), **extra)
-    print_claims(claims)
-    print(f"wrote {path} and {', '.join(str(p) for p in paths)} in {seconds:.1f}s")
-    return {"claims": claims, "runs": runs, "out_dir": out_dir, "seconds": seconds}
+def convergence(result) -> dict:
+    """``icl.training.convergence_report(result)``: is the loss still falling over the last tenth; do seeds agree."""
+    from icl.training import convergence_report
+
+    return convergence_report(result)
+
+
+def convergence_claim(label: str, result) -> tuple[Claim, dict]:
+    """A claim that training finished: the loss no longer falls over the last tenth and the seeds agree.
+
+    Returns ``(claim, report)``; the measured value is the largest relative drop of a seed's loss over the
+    last tenth of training (a fitted line), which must stay below 2% and be within noise.
+    """
+    report = convergence(result)
+    drop = float(np.max(report["relative_drop"]))
+    detail = ("icl.training.convergence_report: " + ("; ".join(report["reasons"]) if report["reasons"] else
+              f"loss flat over the last {report['window']} steps and seeds agree"))
+    detail += ("; measured: the largest relative drop of a seed's loss over the window (a fitted line); training "
+               "counts as unfinished when a drop exceeds the 2% tolerance AND its slope is more than 3 standard errors "
+               "below 0, or when two seeds' window means differ by more than 3 SE and 2%")
+    claim = Claim(f"{label}: training converged (loss flat over the last tenth, seeds agree)", None, drop, 0.02,
+                  bool(report["converged"]), detail, seeds={"mean": float(np.mean(report["window_mean"])),
+                                                            "std": float(np.std(report["window_mean"], ddof=1))
+                                                            if len(report["window_mean"]) > 1 else 0.0,
+                                                            "per_seed": list(report["window_mean"])})
+    return claim, report
+
+
+def seed_losses(comparison, names: Sequence[str]) -> dict:
+    """Per-seed losses of ``names`` in a comparison with their spread: ``{mean, std, per_seed, se, se_per_seed}``.
+
+    ``std`` is the spread over training seeds (ddof 1); ``se`` the largest standard error over prompts.
+    """
+    per = np.array([comparison.losses[k][0] for k in names], np.float64)
+    ses = np.array([comparison.losses[k][1] for k in names], np.float64)
+    return {"mean": float(per.mean()), "std": float(per.std(ddof=1)) if per.size > 1 else 0.0,
+            "per_seed": per.tolist(), "se": float(ses.max()), "se_per_seed": ses.tolist()}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,21 +18,23 @@ def REPO_ROOT() -> Path:  # noqa: N802 - the name the brief asks for
     return ROOT
 
 
-def _run_experiment(script: str, flags: list[str], out: Path) -> dict:
-    """Run ``script`` with ``flags`` into ``out``; check it exited 0, every claim has the documented keys and
-    passed, and every figure it lists is a PNG. Returns the parsed ``summary.json``."""
-    import json
-    import subprocess
-    import sys
+def _run_experiment(script: str, flags: list[str], out: Path, timeout: int = 1200) -> dict:
+    """Run ``script`` with ``flags`` into ``out`` as a user would (a subprocess).
 
+    Asserts exit code 0 (1 means a failed claim and fails the test), that every claim has the documented keys
+    and passed, that the summary records its provenance, and that every figure it lists is a PNG in ``out``.
+    Returns the parsed ``summary.json``.
+    """
     proc = subprocess.run([sys.executable, script, *flags, "--out", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["claims"], "an experiment must check at least one claim"
     for claim in summary["claims"]:
         assert {"name", "theory", "measured", "tolerance", "passed"} <= set(claim)
         assert claim["passed"] is True, claim
     assert summary["all_passed"] is True
+    assert {"precision", "versions", "device_kind", "git_commit"} <= set(summary["provenance"])
     for name in summary["figures"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return summary
@@ -37,5 +42,5 @@ def _run_experiment(script: str, flags: list[str], out: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def run_experiment():
-    """``run_experiment(script, flags, out) -> summary``: an experiment end to end, claims and figures checked."""
+    """``run_experiment(script, flags, out) -> summary``: an experiment end to end; exit 0 and every claim passing."""
     return _run_experiment

@@ -39,5 +39,7 @@ def test_experiment_help_lists_the_flags(REPO_ROOT):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     for flag in ("--x-cov-eigs", "--w-prior", "--n", "--test-lengths", "--init-scale", "--seeds", "--eval-prompts",
-                 "--flow-time", "--dt", "--out"):
+                 "--flow-time", "--dt", "--out", "--quick"):
         assert flag in proc.stdout
+    for unused in ("--lr", "--steps", "--batch", "--d ", "--init-diag", "--checkpoint-every"):
+        assert unused not in proc.stdout

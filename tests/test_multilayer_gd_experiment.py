@@ -28,7 +28,8 @@ def test_experiment_end_to_end_writes_summary_and_figure_and_claims_pass(run_exp
     summary = run_experiment(SCRIPT, FLAGS, tmp_path)
     assert summary["experiment"] == "multilayer_gd"
     assert summary["config"]["layers"] == [1, 2] and summary["config"]["d"] == 2 and summary["config"]["n"] == 8
-    assert len(summary["claims"]) == 4 + 5 + 1  # per depth: Dist, one per step size, loss, exact-vs-MC; ordering
+    # per depth: Dist, one per step size, loss, exact-vs-MC, convergence; then the ordering across depths
+    assert len(summary["claims"]) == 5 + 6 + 1
     assert [run["layers"] for run in summary["runs"]] == [1, 2]
     for run in summary["runs"]:
         num_layers = run["layers"]
@@ -47,7 +48,7 @@ def test_experiment_help_lists_the_flags(REPO_ROOT):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     for flag in ("--x-cov-eigs", "--w-prior", "--layers", "--n", "--steps", "--batch", "--seeds", "--lr",
-                 "--eval-prompts", "--out", "--full-model"):
+                 "--eval-prompts", "--out", "--full-model", "--quick", "--checkpoint-every", "--resume"):
         assert flag in proc.stdout
 
 
@@ -56,7 +57,7 @@ def test_parse_args_sets_d_from_the_eigenvalues_and_rejects_bad_depths(REPO_ROOT
     args = module.parse_args(["--x-cov-eigs", "2", "1", "0.5"])
     assert args.d == 3 and args.layers == [1, 2, 3] and args.w_prior == "inverse"
     assert module.parse_args([]).x_cov_eigs == [1.0, 1.0, 0.25, 0.0625, 1.0]
-    with pytest.raises(SystemExit):
-        module.parse_args(["--layers", "2", "1"])
-    with pytest.raises(SystemExit):
-        module.parse_args(["--noise", "0", "0.5"])
+    for bad in (["--layers", "2", "1"], ["--noise", "0", "0.5"], ["--layers", "0"], ["--d", "3"]):
+        with pytest.raises(SystemExit) as info:
+            module.parse_args(bad)
+        assert info.value.code == 2

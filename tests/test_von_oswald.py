@@ -1,10 +1,8 @@
-"""von Oswald et al. 2023's setting: the uniform task, the §5 closed forms, the tracking tools, the script."""
+"""von Oswald et al. 2023's setting: the uniform task, the §5 closed forms, the tracking tools, the script.
+
+Everything through public ``icl.*`` names (the tracking tools live in icl.evaluate and icl.models)."""
 
 from __future__ import annotations
-
-import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,23 +11,24 @@ import pytest
 from flax import nnx
 
 import icl
-from icl.tracking import (
+from icl import (
+    UniformLinearTask,
     align_gauge,
     compare_with_reference,
     evaluate_across_tasks,
-    gd_lsa_weights,
     interpolation_losses,
     reference_metrics,
     snapshot_metrics,
-    train_with_snapshots,
-)
-from icl.uniform import (
-    UniformLinearTask,
-    iid_one_step_risk,
-    iid_optimal_risk,
-    iid_optimal_step_size,
     uniform_moments,
 )
+
+
+def gd_lsa_weights(d, eta):
+    return icl.gd_lsa_weights(d, eta)
+
+
+def eta_star(d, n, half_width=0.5, sigma=0.0):
+    return float(icl.optimal_step_size(UniformLinearTask(d, half_width=half_width, noise_std=sigma), n))
 
 
 def lsa_with(d, w_pv, w_kq):
@@ -39,20 +38,17 @@ def lsa_with(d, w_pv, w_kq):
     return model
 
 
-def test_closed_forms_give_von_oswalds_numbers_and_the_gaussian_special_case():
+def test_closed_forms_give_von_oswalds_numbers_and_minimise_the_one_step_risk():
     s2, m4 = uniform_moments(0.5)
     assert (s2, m4) == pytest.approx((1 / 12, 1 / 80), rel=1e-15)
-    eta = iid_optimal_step_size(10, 10, s2, m4)
+    task = UniformLinearTask(10)
+    eta = float(icl.optimal_step_size(task, 10))
     assert eta / 10 == pytest.approx(0.60606, abs=1e-5)
-    assert 0.5 * iid_optimal_risk(10, 10, s2, m4) == pytest.approx(0.2062, abs=5e-5)
-    # Gaussian coordinates (m4 = 3 s^4, s = 1) give Mahankali et al.'s Thm 1 step and risk.
-    for d, n, sigma in ((5, 10, 0.0), (3, 7, 0.5)):
-        assert iid_optimal_step_size(d, n, 1.0, 3.0, sigma) == pytest.approx(
-            icl.isotropic_optimal_step_size(d, n, sigma), rel=1e-12)
-        assert iid_optimal_risk(d, n, 1.0, 3.0, sigma) == pytest.approx(icl.isotropic_optimal_risk(d, n, sigma),
-                                                                        rel=1e-12)
+    assert eta == pytest.approx(10 * s2 / ((10 + 10 - 2) * s2**2 + m4), rel=1e-12)  # docs/theory.md §5
+    assert 0.5 * float(icl.optimal_risk(task, 10)) == pytest.approx(0.2062, abs=5e-5)
     etas = np.linspace(0, 2 * eta, 2001)  # eta* minimises the closed-form risk
-    assert etas[np.argmin(iid_one_step_risk(etas, 10, 10, s2, m4))] == pytest.approx(eta, abs=2 * eta / 2000)
+    risks = [float(icl.one_step_risk(e, task, 10)) for e in etas[::10]]
+    assert etas[::10][int(np.argmin(risks))] == pytest.approx(eta, abs=2 * eta / 200)
 
 
 def test_uniform_task_samples_uniform_coordinates_with_the_right_moments_and_linear_targets():
@@ -85,15 +81,13 @@ def test_optimal_step_formula_matches_a_monte_carlo_fit_of_the_step():
     cov = np.cov(np.stack([num, den])) / num.size
     grad = np.array([1 / den.mean(), -num.mean() / den.mean() ** 2])
     se = float(np.sqrt(grad @ cov @ grad))
-    s2, m4 = uniform_moments(0.5)
-    assert abs(ratio - iid_optimal_step_size(d, n, s2, m4, sigma)) <= 4 * se
+    assert abs(ratio - eta_star(d, n, sigma=sigma)) <= 4 * se
     assert se < 0.01 * ratio
 
 
 def test_one_step_gd_risk_matches_monte_carlo_at_several_steps_and_input_scales():
     d, n = 4, 6
-    s2, m4 = uniform_moments(0.5)
-    eta = iid_optimal_step_size(d, n, s2, m4)
+    eta = eta_star(d, n)
     scales = [0.5, 1.0, 2.0]
     tasks = [UniformLinearTask(d, half_width=0.5 * a) for a in scales]
     out = evaluate_across_tasks({"star": icl.gradient_descent(eta), "big": icl.gradient_descent(1.5 * eta)}, tasks,
@@ -101,7 +95,8 @@ def test_one_step_gd_risk_matches_monte_carlo_at_several_steps_and_input_scales(
     for name, step in (("star", eta), ("big", 1.5 * eta)):
         means, ses = out["loss"][name]
         for a, mean, se in zip(scales, means, ses):
-            assert abs(mean - iid_one_step_risk(step, d, n, s2 * a**2, m4 * a**4)) <= 4 * se, (name, a)
+            theory = float(icl.one_step_risk(step, UniformLinearTask(d, half_width=0.5 * a), n))
+            assert abs(mean - theory) <= 4 * se, (name, a)
     diff, diff_se = out["loss_diff"][("star", "big")]
     assert diff[1] < -4 * diff_se[1]  # in distribution, eta* beats 1.5 eta* on the same prompts
 
@@ -151,7 +146,7 @@ def test_train_with_snapshots_ends_where_icl_train_ends_and_keeps_every_chunk():
     task = UniformLinearTask(d)
     config = icl.TrainConfig(steps=6, batch=16, n=n, lr=1e-2, num_seeds=2, seed=3)
     model_fn = lambda r: icl.LinearTransformer(d, 1, rngs=r)  # noqa: E731
-    result, snaps = train_with_snapshots(model_fn, task, config, every=3)
+    result, snaps = icl.train_with_snapshots(model_fn, task, config, every=3)
     reference = icl.train(model_fn, task, config)
     np.testing.assert_array_equal(snaps.steps, [0, 3, 6])
     for ours, theirs in zip(jax.tree.leaves(result.params), jax.tree.leaves(reference.params)):
@@ -169,7 +164,7 @@ def test_train_with_snapshots_ends_where_icl_train_ends_and_keeps_every_chunk():
 
 def test_interpolation_losses_hit_the_endpoints_and_are_flat_between_gauge_equivalent_gd_weights():
     d, n = 3, 5
-    eta = iid_optimal_step_size(d, n, *uniform_moments(0.5))
+    eta = eta_star(d, n)
     task = UniformLinearTask(d)
     prompts = task.sample(jax.random.key(7), 2000, n)
     w_pv, w_kq = gd_lsa_weights(d, eta)
@@ -192,33 +187,24 @@ def test_interpolation_losses_hit_the_endpoints_and_are_flat_between_gauge_equiv
 @pytest.mark.parametrize("build, field", [(lambda: UniformLinearTask(0), "d"),
                                           (lambda: UniformLinearTask(2, half_width=0.0), "half_width"),
                                           (lambda: UniformLinearTask(2, noise_std=-0.1), "noise_std"),
-                                          (lambda: iid_optimal_step_size(2, 3, 1.0, 0.5), "m4"),
-                                          (lambda: iid_optimal_step_size(2, 0, 1.0, 3.0), "n")])
+                                          (lambda: icl.optimal_step_size(UniformLinearTask(2), 0), "n")])
 def test_validation_errors_name_the_field(build, field):
     with pytest.raises(ValueError, match=field):
         build()
 
 
 @pytest.mark.slow
-def test_von_oswald_script_end_to_end_on_a_tiny_configuration(REPO_ROOT, tmp_path):
-    flags = ["--d", "3", "--n", "5", "--steps", "40", "--batch", "64", "--seeds", "2", "--lr", "1e-2",
-             "--eval-prompts", "2000", "--curve-prompts", "2000", "--metric-prompts", "500", "--snapshots", "4"]
-    proc = subprocess.run([sys.executable, "experiments/von_oswald.py", *flags, "--out", str(tmp_path)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode in (0, 1), proc.stdout + proc.stderr  # 1: a claim failed (tiny run), not a crash
-    summary = json.loads((tmp_path / "summary.json").read_text())
+def test_von_oswald_fast_preset_end_to_end_passes_every_claim(run_experiment, tmp_path):
+    summary = run_experiment("experiments/von_oswald.py", ["--fast"], tmp_path)
     assert summary["experiment"] == "von_oswald"
-    assert summary["config"]["d"] == 3 and summary["config"]["steps"] == 40
-    assert len(summary["claims"]) == 7
-    for claim in summary["claims"]:
-        assert {"name", "theory", "measured", "tolerance", "passed"} <= set(claim)
-        assert isinstance(claim["passed"], bool)
+    assert summary["config"]["steps"] == 500 and summary["config"]["schedule"] == "cosine"
+    assert len(summary["claims"]) == 9
     (run,) = summary["runs"]
     s2, m4 = 1 / 12, 1 / 80
-    assert run["eta_theory"] == pytest.approx(5 * s2 / (6 * s2**2 + m4), rel=1e-12)
-    assert run["along_training"]["steps"] == [0, 10, 20, 30, 40]
-    assert np.asarray(run["along_training"]["cosine"]).shape == (5, 2)
+    assert run["eta_theory"] == pytest.approx(10 * s2 / (18 * s2**2 + m4), rel=1e-12)
+    assert run["along_training"]["steps"][0] == 0 and run["along_training"]["steps"][-1] == 500
+    assert np.asarray(run["along_training"]["cosine"]).shape == (len(run["along_training"]["steps"]), 1)
     assert len(run["interpolation"]["aligned_half_mse"]) == len(run["interpolation"]["t"]) == 21
     assert len(run["input_scale"]["alpha"]) == len(run["input_scale"]["lsa_half_mse"]) == 13
-    assert np.asarray(run["gamma_learned"]).shape == (3, 3)
-    assert (tmp_path / "von_oswald.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert np.asarray(run["gamma_learned"]).shape == (10, 10)
+    assert summary["figures"] == ["von_oswald.png"]

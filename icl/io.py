@@ -1,0 +1,362 @@
+"""Claims, run folders and JSON: how an experiment's results reach the disk (one writer).
+
+An experiment's result is ONE folder holding ``summary.json`` and its figures. :func:`write_run` builds the
+folder under a temporary name next to its destination and renames it into place, so a results folder never
+holds a figure without its summary (nor a summary beside figures of another run), whatever kills the process.
+Temporary files and folders left by killed runs are removed by the next write into the same parent.
+Files are written with mode 0644 and folders 0755, whatever the umask.
+
+``summary.json`` keeps the schema ``experiment``, ``config``, ``claims`` (each ``name``, ``theory``,
+``measured``, ``tolerance``, ``passed``, plus ``detail`` and optional ``seeds`` / ``se``), ``runs``,
+``all_passed``, ``figures``; new fields: ``provenance`` (JAX precision, library versions, device kind,
+git commit), ``nonfinite_values`` (paths of NaN/inf values, written as ``null``), ``seconds``.
+NaN and inf are written as JSON ``null`` and a claim whose measured value is not finite fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+__all__ = [
+    "Claim",
+    "relative_claim",
+    "upper_bound_claim",
+    "lower_bound_claim",
+    "to_jsonable",
+    "nonfinite_paths",
+    "provenance",
+    "config_hash",
+    "atomic_write",
+    "write_run",
+    "remove_stale_temporaries",
+]
+
+_TMP_MARK = ".icl-tmp-"  # every temporary name carries this, then the writer's pid
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+# ----------------------------------------------------------------------------------------------------
+# Claims
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One theory-versus-measurement check.
+
+    ``tolerance`` is relative for :func:`relative_claim` and a bound for :func:`upper_bound_claim` /
+    :func:`lower_bound_claim`; ``detail`` says what was compared (paper, equation, units). Claims about
+    trained models carry ``seeds`` (``{"mean", "std", "per_seed"}``: the spread over training seeds) and
+    ``se`` (the standard error over evaluation prompts) when they apply. A claim whose measured value is
+    NaN or inf never passes.
+    """
+
+    name: str
+    theory: float | None
+    measured: float | None
+    tolerance: float
+    passed: bool
+    detail: str = ""
+    seeds: dict | None = None
+    se: float | None = None
+
+    def __post_init__(self):
+        if self.measured is None or not math.isfinite(float(self.measured)):
+            object.__setattr__(self, "passed", False)
+        else:
+            object.__setattr__(self, "passed", bool(self.passed))
+
+
+def _spread(per_seed) -> dict | None:
+    if per_seed is None:
+        return None
+    v = np.asarray(per_seed, np.float64).ravel()
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "per_seed": v.tolist()}
+
+
+def relative_claim(name: str, theory: float, measured: float, tolerance: float, detail: str = "", *,
+                   per_seed=None, se: float | None = None) -> Claim:
+    """Passes when ``|measured - theory| <= tolerance * |theory|`` (and ``measured`` is finite)."""
+    theory, measured = float(theory), float(measured)
+    passed = bool(np.isfinite(measured) and np.isfinite(theory) and abs(measured - theory) <= tolerance * abs(theory))
+    return Claim(name, theory, measured, float(tolerance), passed, detail or f"relative tolerance {tolerance:g}",
+                 _spread(per_seed), None if se is None else float(se))
+
+
+def upper_bound_claim(name: str, measured: float, bound: float, theory: float | None = 0.0, detail: str = "", *,
+                      per_seed=None, se: float | None = None) -> Claim:
+    """Passes when ``measured <= bound`` (e.g. a distance that theory says is 0)."""
+    measured = float(measured)
+    passed = bool(np.isfinite(measured) and measured <= bound)
+    return Claim(name, theory, measured, float(bound), passed, detail or f"must be <= {bound:g}", _spread(per_seed),
+                 None if se is None else float(se))
+
+
+def lower_bound_claim(name: str, measured: float, bound: float, theory: float | None = None, detail: str = "", *,
+                      per_seed=None, se: float | None = None) -> Claim:
+    """Passes when ``measured >= bound``."""
+    measured = float(measured)
+    passed = bool(np.isfinite(measured) and measured >= bound)
+    return Claim(name, theory, measured, float(bound), passed, detail or f"must be >= {bound:g}", _spread(per_seed),
+                 None if se is None else float(se))
+
+
+# ----------------------------------------------------------------------------------------------------
+# JSON
+
+
+def to_jsonable(obj):
+    """Plain JSON types from numpy/JAX arrays and scalars, dataclasses, tuples, paths; NaN and inf -> ``None``."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
+    if isinstance(obj, Mapping):
+        return {_key(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if hasattr(obj, "__array__") and not isinstance(obj, (str, bytes)):
+        arr = np.asarray(obj)
+        if arr.dtype.kind == "f":
+            return to_jsonable(arr.astype(np.float64).tolist())
+        return to_jsonable(arr.tolist())
+    return obj
+
+
+def _key(k) -> str:
+    if isinstance(k, tuple):
+        return " vs ".join(str(x) for x in k)
+    return str(k)
+
+
+def nonfinite_paths(obj, path: str = "") -> list[str]:
+    """Paths (``runs[0].loss.lsa``) of every NaN or inf number inside ``obj`` (before :func:`to_jsonable`)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return [p for k, v in obj.items() for p in nonfinite_paths(v, f"{path}.{_key(k)}" if path else _key(k))]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in nonfinite_paths(v, f"{path}[{i}]")]
+    if isinstance(obj, (bool, np.bool_, str, bytes, Path)) or obj is None:
+        return []
+    if isinstance(obj, (float, np.floating)):
+        return [] if math.isfinite(float(obj)) else [path]
+    if hasattr(obj, "__array__"):
+        arr = np.asarray(obj)
+        if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+            return [path]
+    return []
+
+
+def _dumps(obj) -> bytes:
+    return (json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n").encode()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Provenance
+
+
+def _git_commit(start: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=start, capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            return None
+        commit = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=start,
+                               capture_output=True, text=True, timeout=10)
+        return commit + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance() -> dict:
+    """Where a result came from: JAX precision, library versions, device kind, git commit (when available)."""
+    import importlib.metadata as md
+    import platform
+
+    import jax
+
+    versions = {}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "numpy"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    device = jax.devices()[0]
+    return {
+        "precision": precision(),
+        "jax_enable_x64": bool(jax.config.jax_enable_x64),
+        "versions": versions,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "git_commit": _git_commit(Path(__file__).resolve().parent),
+    }
+
+
+def precision() -> str:
+    """``"x64"`` when JAX runs with 64-bit floats (``JAX_ENABLE_X64``), else ``"float32"``."""
+    import jax
+
+    return "x64" if jax.config.jax_enable_x64 else "float32"
+
+
+def config_hash(config: Mapping, length: int = 10) -> str:
+    """Hex digest of a config together with the JAX precision (an x64 run and a float32 run differ)."""
+    text = json.dumps({"config": to_jsonable(config), "precision": precision()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The writer
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Delete temporary files/folders in ``folder`` left by writers that are no longer running.
+
+    Temporaries are named ``.<name>.icl-tmp-<pid>-<random>``; also removes the ``.<name>.<random>.tmp``
+    files that earlier versions of this module wrote. Returns what was removed.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        name = entry.name
+        stale = False
+        if _TMP_MARK in name:
+            pid = name.split(_TMP_MARK, 1)[1].split("-", 1)[0]
+            stale = not (pid.isdigit() and (int(pid) == os.getpid() or _pid_alive(int(pid))))
+        elif name.startswith(".") and name.endswith(".tmp"):
+            stale = True
+        if stale:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _temp_name(path: Path) -> Path:
+    return path.parent / f".{path.name}{_TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}"
+
+
+def atomic_write(path, data: bytes | str) -> Path:
+    """Write one file atomically (a temporary file in the same folder, then ``os.replace``), mode 0644."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent)
+    tmp = _temp_name(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _render_figure(fig) -> bytes:
+    import io as _io
+
+    import matplotlib.pyplot as plt
+
+    buf = _io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def write_run(out_dir, summary: dict, figures: Mapping[str, object] | None = None,
+              render: Callable[[object], bytes] = _render_figure) -> dict:
+    """Write a run folder atomically: ``summary.json`` plus figures, renamed into place together.
+
+    Args:
+      out_dir: the destination folder (replaced as a whole if it exists).
+      summary: the summary dict (made JSON-ready here; NaN/inf become ``null`` and are listed in
+        ``nonfinite_values``; a claim with a non-finite measured value fails).
+      figures: ``{file name: matplotlib Figure or bytes or a callable returning either}``. A figure that fails
+        to render is left out and its error recorded under ``figure_errors`` (the summary is still written).
+    Returns:
+      The summary as written (with ``figures`` listing the files written).
+    """
+    out_dir = Path(out_dir)
+    parent = out_dir.parent
+    figures = dict(figures or {})
+    summary = dict(summary)
+    blobs, errors = {}, {}
+    for name, fig in figures.items():
+        try:
+            if callable(fig) and not hasattr(fig, "savefig"):
+                fig = fig()
+            blobs[name] = fig if isinstance(fig, bytes) else render(fig)
+        except Exception as err:  # a figure never costs the summary
+            errors[name] = f"{type(err).__name__}: {err}"
+    bad = nonfinite_paths(summary)
+    if bad:
+        summary["nonfinite_values"] = bad
+    claims = summary.get("claims", [])
+    summary["all_passed"] = bool(all(c.passed if isinstance(c, Claim) else c.get("passed") for c in claims))
+    summary["figures"] = list(blobs)
+    if errors:
+        summary["figure_errors"] = errors
+    data = _dumps(summary)
+
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(parent)
+    tmp = _temp_name(out_dir)
+    old = None
+    try:
+        tmp.mkdir()
+        os.chmod(tmp, DIR_MODE)
+        for name, blob in [("summary.json", data), *blobs.items()]:
+            with open(tmp / name, "wb") as handle:
+                handle.write(blob)
+            os.chmod(tmp / name, FILE_MODE)
+        if out_dir.exists():
+            old = _temp_name(out_dir)
+            os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists():
+            if not out_dir.exists():  # the second rename failed: put the old folder back
+                os.rename(old, out_dir)
+            else:
+                shutil.rmtree(old, ignore_errors=True)
+    return json.loads(data)
+

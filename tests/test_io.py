@@ -1,0 +1,89 @@
+"""icl.io: claims, the atomic run folder, JSON with NaN -> null, provenance, the precision in the config hash."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+import icl
+from icl.io import Claim, atomic_write, config_hash, provenance, relative_claim, upper_bound_claim, write_run
+
+
+def mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def test_a_claim_with_a_non_finite_measurement_never_passes():
+    assert not relative_claim("x", 1.0, float("nan"), 0.5).passed
+    assert not upper_bound_claim("x", float("inf"), 1e300).passed
+    assert not Claim("forced", 0.0, float("nan"), 1.0, True).passed  # even when built as passed
+    assert relative_claim("x", 2.0, 2.01, 0.01, per_seed=[2.0, 2.02], se=0.001).seeds == {
+        "mean": pytest.approx(2.01), "std": pytest.approx(0.01414, rel=1e-3), "per_seed": [2.0, 2.02]}
+
+
+def test_write_run_turns_nan_and_inf_into_null_fails_their_claim_and_lists_them(tmp_path):
+    claims = [relative_claim("finite", 1.0, 1.0, 0.1), relative_claim("nan", 1.0, float("nan"), 0.1)]
+    runs = [{"loss": {"lsa": float("nan"), "gd": 0.5}, "curve": [1.0, math.inf]}]
+    written = write_run(tmp_path / "run", {"experiment": "e", "config": {}, "claims": claims, "runs": runs})
+    text = (tmp_path / "run" / "summary.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    summary = json.loads(text)
+    assert summary == written
+    assert summary["runs"][0]["loss"]["lsa"] is None and summary["runs"][0]["curve"] == [1.0, None]
+    assert [c["passed"] for c in summary["claims"]] == [True, False] and summary["claims"][1]["measured"] is None
+    assert summary["all_passed"] is False
+    assert set(summary["nonfinite_values"]) >= {"runs[0].loss.lsa", "runs[0].curve[1]", "claims[1].measured"}
+
+
+def test_write_run_is_one_atomic_folder_with_0644_files_and_replaces_an_older_run_whole(tmp_path):
+    out = tmp_path / "results" / "exp-abc"
+    old_umask = os.umask(0o077)  # files must be 0644 whatever the umask
+    try:
+        write_run(out, {"claims": [], "runs": []}, {"old.png": b"\x89PNG old"})
+        written = write_run(out, {"claims": [relative_claim("c", 1, 1, 0.1)], "runs": []},
+                            {"new.png": lambda: b"\x89PNG new", "broken.png": lambda: 1 / 0})
+    finally:
+        os.umask(old_umask)
+    assert sorted(p.name for p in out.iterdir()) == ["new.png", "summary.json"]  # nothing of the old run is left
+    assert written["figures"] == ["new.png"] and "ZeroDivisionError" in written["figure_errors"]["broken.png"]
+    assert (out / "new.png").read_bytes()[:4] == b"\x89PNG"
+    assert mode(out / "summary.json") == mode(out / "new.png") == 0o644
+    assert sorted(p.name for p in out.parent.iterdir()) == ["exp-abc"]  # no temporary left beside it
+
+
+def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    (tmp_path / f".exp.icl-tmp-{dead_pid}-abcd").mkdir()
+    (tmp_path / f".exp.icl-tmp-{dead_pid}-abcd" / "fig.png").write_bytes(b"partial")
+    (tmp_path / ".fig.png.x1y2.tmp").write_bytes(b"left by an older version")
+    (tmp_path / f".other.icl-tmp-{os.getpid()}-ef01").mkdir()  # this process: alive
+    atomic_write(tmp_path / "REPORT.md", "# report\n")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["REPORT.md", f".other.icl-tmp-{os.getpid()}-ef01"])
+    assert mode(tmp_path / "REPORT.md") == 0o644
+
+
+def test_the_precision_is_in_the_config_hash_and_in_the_provenance():
+    config = {"d": 5, "n": 10}
+    plain = config_hash(config)
+    with jax.enable_x64(True):
+        wide = config_hash(config)
+        assert provenance()["precision"] == "x64"
+    assert plain != wide and config_hash(config) == plain
+    info = provenance()
+    assert info["precision"] == ("x64" if jax.config.jax_enable_x64 else "float32")
+    assert set(info["versions"]) == {"jax", "jaxlib", "flax", "optax", "numpy"}
+    assert info["versions"]["jax"] == jax.__version__
+    assert info["device_kind"] and "git_commit" in info
+
+
+def test_public_names_are_exported():
+    for name in ("Claim", "relative_claim", "upper_bound_claim", "lower_bound_claim", "write_run", "provenance"):
+        assert getattr(icl, name) is getattr(icl.io, name)
