@@ -25,26 +25,14 @@ _MODULES = (
     "icl.io",
     "icl.fingerprint",
     "icl.uncertainty",
-    # transitional (the reshape in progress): old modules still exporting names
-    "icl.algorithms",
-    "icl.analysis",
-    "icl.nonlinear",
-    "icl.uniform",
-    "icl.multistep",
-    "icl.population",
-    "icl.tracking",
 )
+# Old module names (icl.algorithms, icl.analysis, icl.prefix, icl.nonlinear, icl.uniform, icl.multistep,
+# icl.population, icl.tracking) remain importable as shims that warn and point to the new home.
 
 _DEPRECATED: dict[str, tuple[str, str]] = {}
 __all__: list[str] = []
 
-_loaded = []
-for _name in _MODULES:
-    try:
-        _loaded.append(importlib.import_module(_name))
-    except ModuleNotFoundError as _err:  # transitional: a module not written yet
-        if _err.name != _name:
-            raise
+_loaded = [importlib.import_module(_name) for _name in _MODULES]
 # Export after every import, so that a public name shadows a submodule of the same name for good
 # (icl.fingerprint is the function, not the module icl/fingerprint.py).
 for _module in _loaded:

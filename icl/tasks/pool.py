@@ -28,8 +28,8 @@ class FiniteTaskPool(Task):
     ``weights = task.sample(PRNGKey(seed), M, 1).w`` (``[M, d]``): ``M`` draws from the prior of ``task``.
     Each prompt picks ``m`` uniformly from ``{1..M}`` (independently per prompt), then draws its context
     and query inputs from ``task``'s input law and labels ``y = w_m^T x + noise_std * eps``, ``eps ~ N(0, 1)``
-    (docs/theory.md §12); ``sample(key, batch, n, num_queries=None)`` as every task. ``Prompts.w`` holds the pool member used, so
-    ``pool.weights`` tells which one it was.
+    (docs/theory.md §12); ``sample(key, batch, n, num_queries=None)`` as every task. ``Prompts.w`` holds
+    the pool member used, so ``pool.weights`` tells which one it was.
 
     Args:
       task: a linear task ``y = w^T x + noise`` whose prompts carry ``w`` (``LinearRegressionTask``,

@@ -1,0 +1,218 @@
+"""icl.Transformer (issue 10): shapes, encodings, switches, validation, the LSA construction, every prefix."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import icl
+from tests.helpers import EXACT_F32, EXACT_F64, assert_close, x64
+
+D, N, B = 3, 5, 4
+SMALL = dict(num_layers=2, width=8, num_heads=2, mlp_ratio=2)  # two layers: causality across layers matters
+ONE = dict(num_layers=1, width=8, num_heads=2, mlp_ratio=2)  # where depth does not matter (compiles faster)
+
+
+def _prompts(d=D, n=N, b=B, seed=0, noise=0.1, dtype=jnp.float32):
+    """Gaussian linear prompts drawn with numpy (eager JAX sampling would compile per shape)."""
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((b, n + 1, d)), rng.standard_normal((b, d))
+    y = np.einsum("bnd,bd->bn", x, w) + noise * rng.standard_normal((b, n + 1))
+    arrays = (x[:, :n], y[:, :n], x[:, n], y[:, n], w)
+    return icl.Prompts(*(jnp.asarray(a, dtype) for a in arrays))
+
+
+def _prefix_and_truncated(model, prompts, ks, reference=None):
+    """``(model.prefix(prompts), [model(truncated k) for k in ks])`` as one compiled program (k=None: the prompt);
+    with ``reference`` (a predictor) also ``[reference(truncated k) for k in ks]``."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state, prompts):
+        m = nnx.merge(graphdef, state)
+        cut = [prompts if k is None else _truncated(prompts, k) for k in ks]
+        out = m.prefix(prompts), [m(c) for c in cut]
+        return out if reference is None else (*out, [reference(c) for c in cut])
+
+    return run(state, prompts)
+
+
+def _truncated(prompts, k):
+    """The prompt made of the first ``k - 1`` pairs with ``x_k`` as query (Garg's k-th prediction)."""
+    return icl.Prompts(prompts.x[:, : k - 1], prompts.y[:, : k - 1], prompts.x[:, k - 1], prompts.y[:, k - 1],
+                       prompts.w)
+
+
+@pytest.mark.parametrize("encoding", ["interleaved", "stacked"])
+@pytest.mark.parametrize("attention", ["softmax", "linear"])
+def test_outputs_have_documented_shapes(encoding, attention):
+    model = icl.Transformer(D, encoding=encoding, attention=attention, rngs=nnx.Rngs(0), **SMALL)
+    prompts = _prompts()
+    tokens = 2 * N + 1 if encoding == "interleaved" else N + 1
+    shape = lambda f: jax.eval_shape(f, prompts)  # noqa: E731  (traced, not compiled: fast)
+    assert shape(model).shape == (B,)
+    assert shape(model.prefix).shape == (B, N)
+    assert shape(model.attention_maps).shape == (2, B, 2, tokens, tokens)
+    states = shape(model.hidden_states)
+    assert len(states) == 3 and all(s.shape == (B, tokens, 8) for s in states)
+
+
+@pytest.mark.parametrize("encoding", ["interleaved", "stacked"])
+def test_prefix_equals_model_on_truncated_prompts(encoding):
+    """Entry k-1 of prefix is the model run on (x_1..x_{k-1}, y_1..y_{k-1}; x_k), for k in {1, 2, n} (float64)."""
+    with x64():
+        model = icl.Transformer(D, encoding=encoding, param_dtype=jnp.float64, rngs=nnx.Rngs(1), **SMALL)
+        prompts = _prompts(dtype=jnp.float64)
+        ks = (1, 2, N)
+        prefix, truncated = _prefix_and_truncated(model, prompts, ks)
+        assert prefix.dtype == jnp.float64
+        for k, out in zip(ks, truncated):
+            assert_close(prefix[:, k - 1], out, EXACT_F64, f"{encoding} k={k}")
+
+
+def test_prefix_is_causal_in_later_pairs():
+    """Changing pairs k..n leaves predictions 1..k-1 unchanged (and changes prediction k+1, for contrast)."""
+    model = icl.Transformer(D, encoding="stacked", rngs=nnx.Rngs(2), **SMALL)
+    prompts = _prompts()
+    changed = prompts._replace(y=prompts.y.at[:, 2:].add(5.0))
+    before, after = model.prefix(prompts), model.prefix(changed)
+    np.testing.assert_array_equal(np.asarray(before[:, :3]), np.asarray(after[:, :3]))
+    assert float(jnp.max(jnp.abs(before[:, 3] - after[:, 3]))) > 1e-4
+
+
+def test_all_linear_stacked_model_holds_the_one_step_gd_construction():
+    """von Oswald's construction in the all-linear one-layer model equals one GD step (float64, 1e-10)."""
+    with x64():
+        eta = 0.7
+        model = icl.Transformer(D, num_layers=1, width=D + 1, num_heads=1, encoding="stacked", attention="linear",
+                                mlp=False, layer_norm=False, positional="none", param_dtype=jnp.float64,
+                                rngs=nnx.Rngs(0))
+        icl.set_gd_construction(model, eta)
+        prompts = _prompts(n=7, dtype=jnp.float64, noise=0.3)
+        ks = (None, 2, 4, 7)
+        prefix, queries, gd = _prefix_and_truncated(model, prompts, ks, reference=icl.gradient_descent(eta))
+        for k, query, want in zip(ks, queries, gd):
+            assert_close(query, want, EXACT_F64, f"query of the prompt truncated at k={k}")
+            if k is not None:
+                assert_close(prefix[:, k - 1], want, EXACT_F64, f"prefix k={k}")
+        np.testing.assert_array_equal(np.asarray(prefix[:, 0]), 0.0)  # k = 1: no context, predicts 0
+
+
+def test_gd_construction_rejects_a_model_that_cannot_hold_it():
+    with pytest.raises(ValueError, match="all-linear"):
+        icl.set_gd_construction(icl.Transformer(D, rngs=nnx.Rngs(0), **SMALL), 0.5)
+
+
+def test_softmax_attention_rows_sum_to_one_and_are_causal():
+    model = icl.Transformer(D, rngs=nnx.Rngs(0), **ONE)
+    maps = np.asarray(model.attention_maps(_prompts()))
+    np.testing.assert_allclose(maps.sum(-1), 1.0, rtol=EXACT_F32)
+    assert np.all(maps >= 0)
+    assert np.all(np.triu(maps, k=1) == 0)
+
+
+def test_linear_attention_divides_by_the_number_of_attended_pairs():
+    """With unit keys/queries the interleaved weights of token t are 1/max(#pairs before it, 1)."""
+    model = icl.Transformer(D, num_layers=1, width=4, num_heads=1, attention="linear", mlp=False, layer_norm=False,
+                            positional="none", rngs=nnx.Rngs(0))
+    block = model.blocks[0]
+    model.read_in.kernel[...] = jnp.zeros((D, 4))
+    model.read_in.bias[...] = jnp.ones(4) * 0.5  # every token embeds to 0.5 * ones: q.k = 1 with identity maps
+    block.qkv.kernel[...] = jnp.concatenate([jnp.eye(4)] * 3, axis=1)
+    block.qkv.bias[...] = jnp.zeros(12)
+    maps = np.asarray(model.attention_maps(_prompts()))[0, 0, 0]
+    pairs = np.maximum((np.arange(2 * N + 1) + 1) // 2, 1)
+    np.testing.assert_allclose(maps, np.tril(np.ones_like(maps)) / pairs[:, None], rtol=EXACT_F32)
+
+
+def test_switches_remove_their_components():
+    def count(model):
+        return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+    full = icl.Transformer(D, rngs=nnx.Rngs(0), **SMALL)
+    no_mlp = icl.Transformer(D, mlp=False, rngs=nnx.Rngs(0), **SMALL)
+    no_ln = icl.Transformer(D, layer_norm=False, rngs=nnx.Rngs(0), **SMALL)
+    no_pos = icl.Transformer(D, positional="none", rngs=nnx.Rngs(0), **SMALL)
+    no_ln_mlp = icl.Transformer(D, layer_norm=False, mlp=False, rngs=nnx.Rngs(0), **SMALL)
+    w, hidden = 8, 16
+    assert count(full) - count(no_mlp) == 2 * (w * hidden + hidden + hidden * w + w + 2 * w)
+    assert count(full) - count(no_ln) == (2 * 2 + 1) * 2 * w
+    assert count(full) - count(no_pos) == (2 * 64 + 1) * w
+    assert count(full) - count(no_ln_mlp) == count(full) - count(no_mlp) + (2 + 1) * 2 * w
+    prompts = _prompts()
+    assert all(jax.eval_shape(m, prompts).shape == (B,) for m in (full, no_mlp, no_ln, no_pos, no_ln_mlp))
+
+
+def test_prompts_longer_than_max_pairs_are_rejected_unless_positions_are_off():
+    model = icl.Transformer(D, max_pairs=4, rngs=nnx.Rngs(0), **ONE)
+    with pytest.raises(ValueError, match="max_pairs"):
+        model(_prompts(n=5))
+    with pytest.raises(ValueError, match="max_pairs"):
+        model.prefix(_prompts(n=5))
+    assert jax.eval_shape(model, _prompts(n=4)).shape == (B,)
+    free = icl.Transformer(D, max_pairs=4, positional="none", rngs=nnx.Rngs(0), **ONE)
+    assert jax.eval_shape(free.prefix, _prompts(n=6)).shape == (B, 6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(width=10, num_heads=4), "width"),
+        (dict(encoding="bidirectional"), "encoding"),
+        (dict(attention="relu"), "attention"),
+        (dict(positional="sinusoidal"), "positional"),
+        (dict(num_layers=0), "num_layers"),
+        (dict(max_pairs=0), "max_pairs"),
+        (dict(mlp="yes"), "mlp"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
+    args = dict(SMALL) | kwargs
+    with pytest.raises(ValueError, match=name):
+        icl.Transformer(D, rngs=nnx.Rngs(0), **args)
+
+
+def test_prompts_of_another_dimension_are_rejected_naming_d():
+    model = icl.Transformer(D, rngs=nnx.Rngs(0), **ONE)
+    with pytest.raises(ValueError, match="d mismatch"):
+        model(_prompts(d=D + 1))
+
+
+def test_variance_head_returns_mean_and_positive_variance():
+    model = icl.Transformer(D, variance_head=True, rngs=nnx.Rngs(0), **ONE)
+    assert model.returns_variance and not icl.Transformer.returns_variance
+    prompts = _prompts()
+    (pmean, pvar), [(mean2, var2), (mean, var)] = _prefix_and_truncated(model, prompts, (2, None))
+    assert mean.shape == var.shape == (B,) and pmean.shape == pvar.shape == (B, N)
+    assert bool(jnp.all(var > 0)) and bool(jnp.all(pvar > 0))
+    assert_close(pmean[:, 1], mean2, 1e-5, "variance-head prefix mean")
+    assert_close(pvar[:, 1], var2, 1e-5, "variance-head prefix variance")
+
+
+def test_init_args_rebuild_the_same_structure():
+    model = icl.Transformer(D, encoding="stacked", variance_head=True, rngs=nnx.Rngs(0), **SMALL)
+    again = type(model)(**dict(model._init_args), rngs=nnx.Rngs(1))
+    shapes = lambda m: jax.tree.map(jnp.shape, nnx.state(m, nnx.Param))  # noqa: E731
+    assert shapes(model) == shapes(again)
+    assert hash(nnx.graphdef(model)) == hash(nnx.graphdef(again))
+
+
+def test_plot_attention_maps_draws_every_layer_and_head():
+    model = icl.Transformer(D, rngs=nnx.Rngs(0), **ONE)
+    fig = icl.plot_attention_maps(model, _prompts())
+    assert len([ax for ax in fig.axes if ax.get_title()]) == 1 * 2
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_every_prefix_loss_trains_a_few_finite_steps():
+    config = icl.TrainConfig(steps=4, batch=8, n=N, lr=1e-3, loss="every_prefix")
+    task = icl.LinearRegressionTask.isotropic(D)
+    tiny = dict(num_layers=1, width=4, num_heads=1, mlp=False)
+    result = icl.train(lambda r: icl.Transformer(D, rngs=r, **tiny), task, config)
+    assert result.losses.shape == (1, 4)
+    assert np.all(np.isfinite(result.losses))
