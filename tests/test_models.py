@@ -127,7 +127,7 @@ def test_multi_layer_construction_runs_preconditioned_gd_with_residual_context()
 
 @pytest.mark.parametrize("kind", ["lsa", "sparse", "variance"])
 def test_prefix_equals_the_model_on_truncated_prompts_in_float64(kind):
-    """prefix[:, k-1] = model(first k-1 pairs, query x_k) at k in {2, d, n}; k = 1 (no context) gives 0 (the
+    """prefix[:, k-1] = model(first k-1 pairs, query x_k) at k in {d, n}; k = 1 (no context) gives 0 (the
     query token unchanged) and, with a variance head, exp(var_bias) + ||var_read [x_1; 0]||^2."""
     d, n, b = 3, 7, 6
     with x64():
@@ -142,7 +142,7 @@ def test_prefix_equals_the_model_on_truncated_prompts_in_float64(kind):
         out = model.prefix(p)
         means, variances = out if kind == "variance" else (out, None)
         assert means.shape == (b, n)
-        for k in (2, d, n):
+        for k in (d, n):
             full = model(truncated(p, k))
             m_k, v_k = full if kind == "variance" else (full, None)
             assert_close(means[:, k - 1], m_k, EXACT_F64, f"mean at k={k}")
@@ -178,7 +178,8 @@ def test_one_layer_output_is_gamma_eff_term_plus_even_residual_terms_for_random_
 
 def test_read_offs_and_prediction_are_gauge_invariant_and_align_gauge_undoes_a_rescaling():
     """(W^PV, W^KQ) -> (s W^PV, W^KQ / s) changes neither Gamma_eff, the residual terms nor the prediction;
-    align_gauge against the original W^KQ recovers the original weights and 1/s."""
+    align_gauge against the original W^KQ recovers the original weights and 1/s, and aligned against any other
+    reference it leaves the prediction unchanged."""
     d, n, s = 3, 6, -2.5
     with x64():
         model = icl.LinearTransformer(d, 1, init_scale=1.0, rngs=nnx.Rngs(11))
@@ -189,6 +190,10 @@ def test_read_offs_and_prediction_are_gauge_invariant_and_align_gauge_undoes_a_r
         set_layer(layer, s * w_pv, w_kq / s)
         gamma2, res2, y_hat2 = icl.implied_preconditioner(layer), icl.residual_terms(layer), model(p)
         pv_back, kq_back, scale = icl.align_gauge(s * w_pv, w_kq / s, w_kq)
+        other_pv, other_kq, _ = icl.align_gauge(w_pv, w_kq, icl.gd_lsa_weights(d, 0.7)[1])
+        set_layer(layer, other_pv, other_kq)
+        y_hat3 = model(p)
+    assert rel_err(y_hat3, y_hat) < 1e-12
     assert rel_err(gamma2, gamma) < 1e-12 and rel_err(y_hat2, y_hat) < 1e-12
     for key in res:
         np.testing.assert_allclose(res2[key], res[key], rtol=1e-12)

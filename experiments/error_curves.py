@@ -1,0 +1,230 @@
+"""Garg et al. (2022)'s curves: a GPT-style transformer's error at every context length against every baseline.
+
+A causal ``icl.Transformer`` (interleaved tokens, every-prefix loss, docs/theory.md §10) and, for reference, the
+one-layer linear self-attention (``icl.LinearTransformer``) are trained on three tasks: dense noiseless Gaussian
+linear regression, the same with label noise, and s-sparse linear regression. Their normalised error curves
+(``icl.error_curves``: squared error of prediction k from the first k-1 pairs, divided by the noiseless E[y^2])
+are drawn against Bayes (the posterior mean; ridge with lambda = sigma^2 for the noisy task), least squares
+(minimum norm), averaging, 3-nearest neighbours, Nadaraya-Watson, one GD step and LASSO (sparse task).
+
+Claims (issue 10), measured gaps reported in each claim's detail:
+- dense noiseless: max over 2 <= k <= n of |err_transformer(k) - err_Bayes(k)| <= 0.1, and at k = 2d the
+  transformer's error is <= 0.1 and at most a third of averaging's and of 3-NN's;
+- noisy: |err_transformer(k) - err_Bayes(k)| <= 0.1 at every 2 <= k <= n;
+- sparse: err_transformer(k) < err_least_squares(k) at every k with 1 <= k - 1 < d.
+
+    python experiments/error_curves.py [--quick | --paper] [--d 5 --n 10 --steps 3000 ...]
+
+``--paper`` is Garg's configuration (d = 20, 41 points, 12 layers, width 256, 8 heads, batch 64, curriculum,
+500k steps) for an accelerator; on this CPU it cannot finish, and a shortened run (``--paper --steps K``)
+says how far it went in its summary.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+import icl
+from icl.experiment import (
+    Experiment,
+    Outcome,
+    positive_float,
+    positive_int,
+    script_main,
+    train_config,
+    train_models,
+    upper_bound_claim,
+)
+from icl.io import Claim
+
+# --- configuration -------------------------------------------------------------------------------------------
+# Small enough for the 2-core CPU. Measured (loaded machine, d=3, n=6, 2 layers, width 32, batch 128, lr 3e-3):
+# the dense max gap to Bayes fell 0.46 -> 0.31 over 1k -> 6k steps, still far from the issue's 0.1 (the gap
+# sits at k = d + 1, where least squares on a square system is exact and a partly trained model is not).
+FLAGS = dict(d=3, n=6, steps=8000, batch=128, seeds=1, lr=3e-3, seed=0, eval_prompts=4000)
+OWN = dict(layers=2, width=32, heads=2, noise_std=0.5, sparsity=1, lsa_steps=500, curriculum=False)
+QUICK = dict(d=2, n=4, steps=2500, eval_prompts=2000, lsa_steps=300)
+PAPER = dict(d=20, n=40, steps=500_000, batch=64, lr=1e-4, layers=12, width=256, heads=8, curriculum=True,
+             eval_prompts=10_000)
+BAYES_GAP = 0.1  # normalised error, dense and noisy tasks (issue 10)
+AT_2D = 0.1  # transformer's normalised error at k = 2d
+RATIO_2D = 1 / 3  # transformer at k = 2d vs averaging and 3-NN
+
+
+def add_arguments(p):
+    p.add_argument("--layers", type=positive_int, default=OWN["layers"], help="transformer blocks")
+    p.add_argument("--width", type=positive_int, default=OWN["width"], help="transformer width")
+    p.add_argument("--heads", type=positive_int, default=OWN["heads"], help="attention heads")
+    p.add_argument("--noise-std", type=positive_float, default=OWN["noise_std"], help="label noise of the noisy task")
+    p.add_argument("--sparsity", type=positive_int, default=OWN["sparsity"], help="non-zero weights of the sparse task")
+    p.add_argument("--lsa-steps", type=positive_int, default=OWN["lsa_steps"], help="training steps of the one-layer LSA")
+    p.add_argument("--curriculum", action="store_true", help="Garg's curriculum (dimensions and points grow)")
+
+
+def validate(args, p):
+    if args.width % args.heads:
+        p.error(f"--width must be divisible by --heads, got {args.width} and {args.heads}")
+    if args.sparsity > args.d:
+        p.error(f"--sparsity must be <= --d ({args.d}), got {args.sparsity}")
+    if args.n < 2 * args.d:
+        p.error(f"--n must be >= 2d = {2 * args.d} (the claim at k = 2d), got {args.n}")
+
+
+def tasks(args) -> dict:
+    return {
+        "dense": icl.LinearRegressionTask.isotropic(args.d),
+        "noisy": icl.LinearRegressionTask.isotropic(args.d, args.noise_std),
+        "sparse": icl.SparseLinearTask(args.d, args.sparsity),
+    }
+
+
+def transformer_fn(args):
+    def model_fn(rngs):
+        return icl.Transformer(args.d, num_layers=args.layers, width=args.width, num_heads=args.heads,
+                               max_pairs=args.n, rngs=rngs)
+
+    return model_fn
+
+
+def curriculum(args):
+    """Garg's schedule scaled to the run: dimensions from 5 and points from 11 up to (d, n) over 60% of the steps."""
+    if not args.curriculum:
+        return None
+    dims_start, points_start = min(5, args.d), min(11, args.n)
+    every = max(1, int(0.6 * args.steps) // max(args.d - dims_start, (args.n - points_start + 1) // 2, 1))
+    return icl.Curriculum(dims_start=dims_start, dims_every=every, points_start=points_start, points_step=2,
+                          points_every=every)
+
+
+def baselines(name: str, task, args) -> dict:
+    d, n = args.d, args.n
+    out = {
+        "bayes": icl.bayes_posterior_mean(task) if name != "sparse" else None,
+        "least_squares": icl.least_squares(),
+        "averaging": icl.averaging(),
+        "3-NN": icl.knn(3),
+        "nadaraya_watson": icl.nadaraya_watson(float(np.sqrt(d))),
+        "gd_one_step": icl.gradient_descent(float(icl.optimal_step_size(task, n)) if name != "sparse" else 0.5),
+    }
+    if name == "sparse":
+        out["lasso"] = icl.lasso(0.1)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def train_task(args, name: str, task) -> tuple[dict, dict]:
+    """Train the transformer (every-prefix loss) and the one-layer LSA on ``task``; returns models and records."""
+    config = train_config(args, loss="every_prefix", schedule="cosine", warmup=min(200, args.steps // 10),
+                          curriculum=curriculum(args), grad_clip=1.0)
+    result = train_models(args, transformer_fn(args), task, config, stage=f"transformer_{name}")
+    lsa_config = train_config(args, steps=args.lsa_steps, batch=1024, lr=1e-2, loss="query", curriculum=None,
+                              warmup=0)
+    lsa = train_models(args, lambda r: icl.LinearTransformer(args.d, 1, rngs=r), task, lsa_config,
+                       stage=f"lsa_{name}")
+    models = {"transformer": result.model(0), "lsa_1layer": lsa.model(0)}
+    record = {"transformer_train_seconds": result.seconds, "lsa_train_seconds": lsa.seconds,
+              "transformer_final_loss": float(np.mean(result.losses[:, -max(1, args.steps // 20):])),
+              "steps_done": int(result.losses.shape[1])}
+    return models, record, result
+
+
+def curves_for(args, name: str, task, models: dict, key) -> dict:
+    predictors = {**models, **baselines(name, task, args)}
+    curves = icl.error_curves(predictors, task, key, args.n, num_prompts=args.eval_prompts)
+    return {k: {"mean": np.asarray(c.mean), "se": np.asarray(c.se)} for k, c in curves.items()}
+
+
+def claims_for(args, name: str, curves: dict) -> list:
+    d, n = args.d, args.n
+    tf = curves["transformer"]["mean"]
+    ks = np.arange(1, n + 1)
+    claims = []
+    if name in ("dense", "noisy"):
+        bayes = curves["bayes"]["mean"]
+        window = ks >= 2
+        gaps = np.abs(tf - bayes)[window]
+        worst = int(ks[window][np.argmax(gaps)])
+        claims.append(upper_bound_claim(
+            f"{name}: max over 2<=k<=n |err_transformer - err_Bayes| <= {BAYES_GAP}", float(gaps.max()), BAYES_GAP,
+            0.0, f"largest gap at k={worst}; transformer {tf[worst - 1]:.4f} ± {curves['transformer']['se'][worst - 1]:.2g}"
+            f", Bayes {bayes[worst - 1]:.4f}; gaps per k: {np.round(gaps, 4).tolist()}"))
+    if name == "dense":
+        k2 = 2 * d
+        at = float(tf[k2 - 1])
+        claims.append(upper_bound_claim(f"dense: transformer error at k=2d={k2} <= {AT_2D}", at, AT_2D, 0.0,
+                                        f"SE {curves['transformer']['se'][k2 - 1]:.2g}"))
+        for other in ("averaging", "3-NN"):
+            ref = float(curves[other]["mean"][k2 - 1])
+            claims.append(upper_bound_claim(
+                f"dense: transformer at k=2d <= {RATIO_2D:.3g} x {other}", at / ref, RATIO_2D, None,
+                f"transformer {at:.4f}, {other} {ref:.4f} (ratio {at / ref:.3f})"))
+    if name == "sparse":
+        ls = curves["least_squares"]["mean"]
+        window = (ks - 1 >= 1) & (ks - 1 < d)
+        margin = (ls - tf)[window]  # > 0: transformer below least squares
+        worst = int(ks[window][np.argmin(margin)])
+        claims.append(Claim(
+            "sparse: transformer below least squares at every k with 1 <= k-1 < d", 0.0, float(margin.min()), 0.0,
+            bool(np.all(margin > 0)),
+            f"smallest margin err_LS - err_transformer = {margin.min():.4f} at k={worst}; margins per k: "
+            f"{np.round(margin, 4).tolist()}"))
+    return claims
+
+
+def plot(results: dict, args):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
+    for ax, (name, curves) in zip(axes[0], results.items()):
+        ks = np.arange(1, args.n + 1)
+        for i, (label, c) in enumerate(curves.items()):
+            style = dict(lw=2.2, color="k") if label == "transformer" else dict(lw=1.2, color=f"C{i}")
+            ax.plot(ks, c["mean"], label=label, **style)
+            ax.fill_between(ks, c["mean"] - 2 * c["se"], c["mean"] + 2 * c["se"], alpha=0.2, color=style["color"])
+        ax.axvline(args.d + 1, color="grey", ls=":", lw=1)
+        ax.set_ylim(-0.05, 1.6)
+        ax.set_xlabel("k (prediction from the first k-1 pairs)")
+        ax.set_ylabel("squared error / E[y^2] (noiseless)")
+        ax.set_title(f"{name} task, d={args.d}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def run(args) -> Outcome:
+    keys = jax.random.split(jax.random.key(args.seed + 10_000), 3)
+    results, runs, claims = {}, [], []
+    last = None
+    for key, (name, task) in zip(keys, tasks(args).items()):
+        models, record, result = train_task(args, name, task)
+        last = result
+        curves = curves_for(args, name, task, models, key)
+        results[name] = curves
+        task_claims = claims_for(args, name, curves)
+        claims += task_claims
+        picks = sorted({1, max(1, args.d // 2), args.d, 2 * args.d})
+        record.update(task=name, curves=curves, at_k={k: {p: float(c["mean"][k - 1]) for p, c in curves.items()}
+                                                      for k in picks})
+        runs.append(record)
+        print(f"{name}: trained in {record['transformer_train_seconds']:.0f}s (+ LSA {record['lsa_train_seconds']:.0f}s);"
+              + "".join(f" k={k}: tf {record['at_k'][k]['transformer']:.3f} LS {record['at_k'][k]['least_squares']:.3f};"
+                        for k in picks), flush=True)
+    extra = {}
+    if args.steps < PAPER["steps"] and args.d == PAPER["d"] and args.layers == PAPER["layers"]:
+        extra["paper_progress"] = f"{last.losses.shape[1]} of {PAPER['steps']} steps of Garg's schedule"
+    return Outcome(claims, runs, {"error_curves.png": lambda: plot(results, args)}, extra)
+
+
+SPEC = Experiment("error_curves", __doc__.splitlines()[0], FLAGS, run, add_arguments=add_arguments, validate=validate,
+                  quick=QUICK, presets={"paper": (PAPER, "Garg et al.'s configuration (for an accelerator)")})
+
+
+def main(argv=None) -> dict:
+    from icl.experiment import run_experiment
+
+    return run_experiment(SPEC, argv)
+
+
+if __name__ == "__main__":
+    script_main(SPEC)
