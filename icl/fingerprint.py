@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl.evaluate import _ById  # one identity-hashed static wrapper for jit arguments
 from icl.linalg import spd_solve
 from icl.tasks import Prompts
 
@@ -730,19 +731,6 @@ def fingerprint(
         num_queries=q,
         task_noise_std=None if prior is None else prior[1],
     )
-
-
-class _ById:
-    """Hashable by identity: a static jit argument for objects that are not pytrees of arrays."""
-
-    def __init__(self, obj):
-        self.obj = obj
-
-    def __hash__(self):
-        return id(self.obj)
-
-    def __eq__(self, other):
-        return isinstance(other, _ById) and other.obj is self.obj
 
 
 _ARRAYS = (jax.Array, np.ndarray, np.generic, float, int)
