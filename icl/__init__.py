@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib
 import types
-import warnings
+
+from icl import _deprecation
 
 # The public API is the union of these modules' ``__all__`` (one home per kind).
 _MODULES = (
@@ -46,12 +47,7 @@ for _module in _loaded:
 
 def __getattr__(name: str):
     """Deprecated names resolve to their replacement with a ``DeprecationWarning`` naming it."""
-    if name in _DEPRECATED:
-        path, replacement = _DEPRECATED[name]
-        warnings.warn(f"icl.{name} is deprecated; use {replacement}", DeprecationWarning, stacklevel=2)
-        module, _, attr = path.rpartition(".")
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'icl' has no attribute {name!r}")
+    return _deprecation.resolve("icl", name, _DEPRECATED)
 
 
 __version__ = "0.2.0"

@@ -14,9 +14,7 @@
 
 from __future__ import annotations
 
-import importlib
-import warnings
-
+from icl import _deprecation
 from icl.theory.api import (
     differentiable_risk,
     expected_hh,
@@ -120,9 +118,4 @@ DEPRECATED: dict[str, tuple[str, str]] = {
 
 def __getattr__(name: str):
     """Deprecated names resolve to their implementation with a ``DeprecationWarning`` naming the replacement."""
-    if name in DEPRECATED:
-        path, replacement = DEPRECATED[name]
-        warnings.warn(f"icl.theory.{name} is deprecated; use {replacement}", DeprecationWarning, stacklevel=2)
-        module, _, attr = path.rpartition(".")
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'icl.theory' has no attribute {name!r}")
+    return _deprecation.resolve("icl.theory", name, DEPRECATED)
