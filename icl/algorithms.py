@@ -7,8 +7,8 @@ naming the replacement (on attribute access, not on import). ``Predictor`` is no
 
 from __future__ import annotations
 
-import importlib
-import warnings
+from icl._deprecation import shim
+
 
 _MOVED = {
     name: f"icl.predictors.{name}"
@@ -30,14 +30,4 @@ _MOVED = {
 }
 
 
-def __getattr__(name: str):
-    if name in _MOVED:
-        target = _MOVED[name]
-        warnings.warn(f"icl.algorithms.{name} is deprecated; use {target}", DeprecationWarning, stacklevel=2)
-        module, _, attr = target.rpartition(".")
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'icl.algorithms' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(_MOVED)
+__getattr__, __dir__ = shim("icl.algorithms", _MOVED)

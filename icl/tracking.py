@@ -6,8 +6,8 @@ module does not warn. ``train_with_snapshots`` is ``icl.train(..., snapshot_ever
 
 from __future__ import annotations
 
-import importlib
-import warnings
+from icl._deprecation import shim
+
 
 _MOVED = {
     "Snapshots": ("icl.training", "Snapshots"),
@@ -23,14 +23,4 @@ _MOVED = {
 }
 
 
-def __getattr__(name: str):
-    if name in _MOVED:
-        module, attr = _MOVED[name]
-        warnings.warn(f"icl.tracking.{name} is deprecated; use {module}.{attr} (also icl.{attr})",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'icl.tracking' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(_MOVED)
+__getattr__, __dir__ = shim("icl.tracking", _MOVED)

@@ -6,8 +6,8 @@ Tasks live in :mod:`icl.tasks`, closed forms in :mod:`icl.theory` (docs/theory.m
 
 from __future__ import annotations
 
-import importlib
-import warnings
+from icl._deprecation import shim
+
 
 _MOVED: dict[str, tuple[str, str, str]] = {
     "UniformLinearTask": ("icl.tasks", "UniformLinearTask", "icl.UniformLinearTask"),
@@ -18,14 +18,4 @@ _MOVED: dict[str, tuple[str, str, str]] = {
 }
 
 
-def __getattr__(name: str):
-    """Old names resolve to their new home with a ``DeprecationWarning`` naming the replacement."""
-    if name in _MOVED:
-        module, attr, replacement = _MOVED[name]
-        warnings.warn(f"icl.uniform.{name} is deprecated; use {replacement}", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'icl.uniform' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(_MOVED)
+__getattr__, __dir__ = shim("icl.uniform", _MOVED)
