@@ -12,13 +12,21 @@ Training per family (issue 8): heavy-tailed targets (the cubic link) make single
 Adam's second-moment estimate then freezes the step size for ~1000 steps (at d=4, n=14, sigma=0.3 the learned
 eta stalled at 0.046 against 0.471). FAMILY_TRAINING gives such links a larger batch, a start on the c A^T path
 (W = 0.3 I) and the global gradient norm clipped at clip * A (A = E[y^2]); --batch, --clip and --init-diag
-override it for every family. Clipping is not free: it can bias the learned step by a few percent (see the
-closing note of issue 8), which the eta claim measures.
+override it for every family. Clipping is not free: clipped Adam's fixed point is biased by heavy-tailed
+minibatch gradients (cubic, 4 seeds, 2000 steps: +4.5% at d=8, n=5, sigma=1 and -3.5% at d=2, n=40, sigma=0 with
+batch 2048; +2.2% and -1.1% with batch 8192), which the eta claim measures. Without the clip Adam stalls (-62% at
+d=8, n=5), and an SGD tail diverges (the y^2 term c a^T x_q (1/n) sum y_i^2 has a heavy-tailed curvature).
+
+Convergence: a cosine schedule ends with a flat loss even when training stopped far from the optimum, so the
+convergence claim also requires the final training loss to reach Thm 3's minimum risk R* (the least population
+loss of any one-layer LSA) within LOSS_TOL plus 3 standard errors.
 
     python experiments/nonlinear_targets.py [--quick] [--d 5 --n 10 --families relu_net single_index ...]
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -49,7 +57,7 @@ FLAGS = dict(d=5, n=10, noise=[0.0], steps=2000, seeds=4, lr=3e-3, seed=0, init_
 QUICK = dict(seeds=2, moment_functions=20_000)
 FAMILIES = ("relu_net", "single_index")
 DEFAULT_TRAINING = dict(batch=512, clip=0.0, init_diag=0.0)
-FAMILY_TRAINING = {"cubic": dict(batch=2048, clip=1.0, init_diag=0.3)}  # by link (single index) or family
+FAMILY_TRAINING = {"cubic": dict(batch=8192, clip=1.0, init_diag=0.3)}  # by link (single index) or family
 RIDGE_LAMS = tuple(2.0**k for k in range(-2, 9))  # 0.25 ... 256: from near least squares to heavy shrinkage
 GAP_RATIO = 3.0  # OLS / ridge must sit at least this many times farther from the LSA than GD at eta does
 ETA_TOL, DIST_TOL, LOSS_TOL, MOMENT_SE = 0.03, 0.03, 0.02, 4.0
@@ -143,7 +151,7 @@ def run_family(args, family: str, key) -> tuple[dict, list]:
     best_ridge = min(ridges, key=lambda k: loss[k])
     nearest_other = min(["ols", *ridges], key=lambda k: gaps[k])
     gap_ratio = gaps[nearest_other] / gaps["gd_theory"]
-    conv, report = convergence_claim(family, result)
+    conv, report = at_minimum_risk(*convergence_claim(family, result), result, risk)
     run = {
         "family": family,
         "task": {"class": type(task).__name__,
@@ -194,6 +202,25 @@ def run_family(args, family: str, key) -> tuple[dict, list]:
         conv,
     ]
     return run, claims
+
+
+def at_minimum_risk(claim, report: dict, result, risk: float) -> tuple:
+    """Fail the convergence claim when the final training loss sits above Thm 3's minimum risk R*.
+
+    The window mean of the per-step training losses (all seeds) estimates the population loss of the final
+    parameters, which is >= R* for every one-layer LSA; above R* (1 + LOSS_TOL) + 3 SE training did not finish.
+    """
+    window = np.asarray(result.losses, np.float64)[:, -report["window"]:]
+    mean, se = float(window.mean()), float(window.std(ddof=1) / np.sqrt(window.size))
+    excess = mean / risk - 1
+    report = {**report, "loss_over_minimum_risk": excess, "loss_over_minimum_risk_se": se / risk}
+    if mean > risk * (1 + LOSS_TOL) + 3 * se:
+        report["converged"] = False
+        report["reasons"] = [*report["reasons"], f"the training loss {mean:.4g} ± {se:.2g} over the last "
+                             f"{report['window']} steps is {100 * excess:.1f}% above the minimum risk R* = {risk:.4g}"]
+        detail = f"{claim.detail}; NOT CONVERGED: {report['reasons'][-1]}"
+        claim = dataclasses.replace(claim, passed=False, detail=detail)
+    return claim, report
 
 
 def run(args) -> Outcome:

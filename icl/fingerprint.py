@@ -31,8 +31,10 @@ knn                 mean label of the ``neighbors`` nearest inputs     ``neighbo
 
 The families nest (averaging is GD at ``eta = 1``, ``K = 1``; Bayes is ridge at ``lam = sigma^2/tau^2``; least
 squares is ridge as ``lam -> 0``; GD lies inside preconditioned GD, inside GD++), so the best match follows a
-parsimony rule: the first family, in the order of :data:`FAMILIES`, whose SPD is within one standard error (of
-the smallest SPD's estimate) of the smallest (docs/theory.md §11).
+parsimony rule: the first family, in the order of :data:`FAMILIES`, whose SPD is within one standard error of
+the smallest (docs/theory.md §11). The standard error is that of the difference ``SPD_f - SPD_min``, paired on
+the same prompts (``spd_gap_se``): the question is whether the two means differ, and the squared differences of
+nested families on one prompt are strongly correlated, so neither family's own SE measures the noise in the gap.
 
 Hyper-parameters are fitted separately at every prefix length, all lengths in one compiled program: the
 families are written on the cumulative statistics ``(S, r)`` of every prefix, so each length can carry its own
@@ -379,6 +381,8 @@ class Fingerprint:
       fitted: ``{family: {name: value}}`` hyper-parameters fitted at the full context.
       fitted_by_k: ``{family: {name: array [nk, ...]}}`` hyper-parameters fitted at every prefix length.
       best: the parsimony choice at the full context; best_by_k: the same at every prefix length.
+      spd_gap_se: ``{family: [nk]}`` standard error of ``SPD_f - SPD_min`` (paired on the same prompts; the
+        SE the parsimony rule uses; 0 for the family with the smallest SPD at that length).
       fit_spd: ``{family: [nk]}`` SPD on the fitting prompts (what the fit minimised).
       num_prompts, num_fit_prompts, num_ilwd_prompts, num_queries: sample sizes used.
       task_noise_std: the task's noise level (for the Bayes ``lam = sigma^2 / tau^2`` comparison).
@@ -405,6 +409,7 @@ class Fingerprint:
     num_ilwd_prompts: int
     num_queries: int
     task_noise_std: float | None = None
+    spd_gap_se: dict | None = None
 
     @property
     def spd_per_d(self) -> dict:
@@ -703,9 +708,7 @@ def fingerprint(
             ilwd[f], ilwd_se[f] = np.zeros(0), np.zeros(0)
     lin_mean, lin_se = _mean_se(lin_ratio) if ilwd_idx.size else (np.zeros(0), np.zeros(0))
     tol = 10.0 * float(jnp.finfo(dtype).eps) * np.asarray(target_ms, np.float64)  # [nk]
-    best_by_k = [
-        _parsimony(families, {f: spd[f][i] for f in families}, {f: spd_se[f][i] for f in families}, tol[i]) for i in range(nk)
-    ]
+    best_by_k, spd_gap_se = _parsimony(families, sq, tol)
     fitted_by_k = {f: {k: np.asarray(v) for k, v in params[f].items()} for f in families}
     fitted = {f: {k: _scalar(v[-1]) for k, v in fitted_by_k[f].items()} for f in families}
     return Fingerprint(
@@ -730,6 +733,7 @@ def fingerprint(
         num_ilwd_prompts=num_ilwd_prompts,
         num_queries=q,
         task_noise_std=None if prior is None else prior[1],
+        spd_gap_se=spd_gap_se,
     )
 
 
@@ -949,20 +953,31 @@ def _scalar(v):
     return a
 
 
-def _parsimony(families, spd: dict, se: dict, tol: float = 0.0) -> str:
-    """The first family (simplest) whose SPD is within one SE of the smallest SPD (docs/theory.md §11).
+def _parsimony(families, sq: dict, tol) -> tuple[list, dict]:
+    """Per prefix length, the first family (simplest) whose SPD is within one SE of the smallest (docs/theory.md §11).
 
-    ``tol`` (a few rounding errors of the squared predictions) makes families that are exact up to
-    floating point tie, so an exact match is not lost to rounding noise of a richer family."""
-    finite = {f: v for f, v in spd.items() if np.isfinite(v)}
-    if not finite:
-        return families[0]
-    best = min(finite, key=finite.get)
-    bound = finite[best] + se[best] + tol
-    for f in families:
-        if f in finite and finite[f] <= bound:
-            return f
-    return best
+    ``sq``: ``{family: [batch, nk]}`` squared differences on the same prompts. The SE is that of the paired
+    difference ``mean(sq_f - sq_min)``; ``tol [nk]`` (a few rounding errors of the squared predictions) makes
+    families that are exact up to floating point tie, so an exact match is not lost to rounding noise of a richer
+    family. Returns ``(best_by_k, {family: gap SE [nk]})``.
+    """
+    nk = next(iter(sq.values())).shape[1]
+    gap_se = {f: np.full(nk, np.nan) for f in families}
+    best_by_k = []
+    for i in range(nk):
+        cols = {f: np.asarray(sq[f][:, i], np.float64) for f in families}
+        spd = {f: float(np.mean(c)) for f, c in cols.items() if np.all(np.isfinite(c))}
+        if not spd:
+            best_by_k.append(families[0])
+            continue
+        smallest = min(spd, key=spd.get)
+        within = []
+        for f in (f for f in families if f in spd):  # the smallest itself has gap 0: the list is never empty
+            gap, gap_se[f][i] = _mean_se(cols[f] - cols[smallest])
+            if gap <= gap_se[f][i] + tol[i]:
+                within.append(f)
+        best_by_k.append(within[0])
+    return best_by_k, gap_se
 
 
 def _fit_matrices(st, target, a0, g0, iters: int):

@@ -275,18 +275,41 @@ class LinearTransformer(nnx.Module):
         """
         _check_prompts(prompts, self.d, "model")
         context, _ = prompt_tokens(prompts)
+        if len(self.layers) == 1 and not self.returns_variance:
+            return _one_layer_prefix(self.layers[0].w_pv[...], self.layers[0].w_kq[...], context)
         return self._output(_gram_stack(*self._weights(), _prefix_grams(context), _prefix_queries(context)))
+
+
+@jax.jit
+def _one_layer_prefix(w_pv: jax.Array, w_kq: jax.Array, context: jax.Array) -> jax.Array:
+    """One layer's every-prefix predictions by cumulative sums, ``O(n d)`` per prompt: the prediction at
+    ``k`` is ``p^T G_{k-1} W^KQ q_k`` with ``p^T`` the last row of ``W^PV`` and ``q_k = [x_k; 0]``, and
+    ``G_{k-1} W^KQ q_k = (1/(k-1)) sum_{i<k} z_i (z_i . W^KQ q_k)``, so with ``h_k = (1/(k-1)) sum_{i<k}
+    (p . z_i) z_i`` (an exclusive cumulative sum) it is ``h_k . W^KQ q_k``. Equals the Gram form's entry."""
+    n = context.shape[-2]
+    keys = _prefix_queries(context) @ w_kq.T  # W^KQ q_k, [batch, n, D]
+    weighted = context * (context @ w_pv[-1])[..., None]  # (p . z_i) z_i
+    return jnp.sum(_exclusive_cumsum(weighted, axis=-2) * keys, axis=-1) / _prefix_counts(n, context.dtype)
+
+
+def _exclusive_cumsum(a: jax.Array, axis: int) -> jax.Array:
+    """Entry ``k - 1`` sums the entries before it along ``axis`` (0 at ``k = 1``)."""
+    inclusive = jnp.cumsum(a, axis=axis)
+    zero = jnp.zeros_like(jax.lax.slice_in_dim(inclusive, 0, 1, axis=axis))
+    rest = jax.lax.slice_in_dim(inclusive, 0, inclusive.shape[axis] - 1, axis=axis)
+    return jnp.concatenate([zero, rest], axis=axis)
+
+
+def _prefix_counts(n: int, dtype) -> jax.Array:
+    """``k - 1`` for ``k = 1..n``, read as 1 at ``k = 1`` (where the sums are 0)."""
+    return jnp.maximum(jnp.arange(n, dtype=dtype), 1.0)
 
 
 @jax.jit
 def _prefix_grams(context: jax.Array) -> jax.Array:
     """``G_{k-1} = (1/(k-1)) sum_{i<k} z_i z_i^T`` for ``k = 1..n`` (``G_0 = 0``): ``[batch, n, D, D]``."""
-    n = context.shape[-2]
     outer = context[..., :, :, None] * context[..., :, None, :]
-    inclusive = jnp.cumsum(outer, axis=-3)
-    exclusive = jnp.concatenate([jnp.zeros_like(inclusive[..., :1, :, :]), inclusive[..., :-1, :, :]], axis=-3)
-    counts = jnp.maximum(jnp.arange(n, dtype=context.dtype), 1.0)  # k - 1, read as 1 at k = 1 (the sum is 0)
-    return exclusive / counts[:, None, None]
+    return _exclusive_cumsum(outer, axis=-3) / _prefix_counts(context.shape[-2], context.dtype)[:, None, None]
 
 
 def _prefix_queries(context: jax.Array) -> jax.Array:

@@ -75,7 +75,9 @@ class _Dense(nnx.Module):
         self.bias = nnx.Param(bias)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x @ self.kernel[...] + self.bias[...]
+        # As one 2-D matmul over every token: XLA:CPU otherwise transposes the activations for the gradient.
+        out = x.reshape(-1, x.shape[-1]) @ self.kernel[...] + self.bias[...]
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 class _LayerNorm(nnx.Module):
@@ -394,10 +396,10 @@ class Transformer(nnx.Module):
         dh = w // heads
         softmax = self.attention == "softmax"
         scale = 1.0 / math.sqrt(dh) if softmax else 1.0
-        q, k, v = jnp.split(block.qkv(a_h), 3, axis=-1)
-        q, k, v = (z.reshape(b, t, heads, dh) for z in (q, k, v))
+        # One transpose of the fused projection to [3, b, heads, t, dh]: batched matmuls in their natural layout.
+        q, k, v = block.qkv(a_h).reshape(b, t, 3, heads, dh).transpose(2, 0, 3, 1, 4)
         causal = np.tril(np.ones((t, t), bool))
-        scores = jnp.einsum("bthe,bshe->bhts", q * scale, k)
+        scores = (q * scale) @ k.swapaxes(-1, -2)
         if softmax:
             weights = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
         else:
@@ -405,13 +407,14 @@ class Transformer(nnx.Module):
             weights = jnp.where(causal, scores, 0.0) * jnp.asarray(inv_pairs, scores.dtype)[:, None]
         if maps is not None:
             maps.append(weights)
-        out_h = jnp.einsum("bhts,bshe->bthe", weights, v).reshape(b, t, w)
+        out_h = (weights @ v).transpose(0, 2, 1, 3).reshape(b, t, w)
         out_h = block.attn_out(out_h)
         if a_g is None:
             return out_h, None
         # Query stream: query t attends to context tokens s < t and to itself.
         qg, kg, vg = jnp.split(block.qkv(a_g), 3, axis=-1)
         qg, kg, vg = (z.reshape(b, t, heads, dh) for z in (qg, kg, vg))
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # back to [b, t, heads, dh]
         strict = np.tril(np.ones((t, t), bool), -1)
         s_ctx = jnp.einsum("bthe,bshe->bhts", qg * scale, k)
         s_self = jnp.einsum("bthe,bthe->bht", qg * scale, kg)

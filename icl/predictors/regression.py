@@ -66,31 +66,24 @@ def _check_lam(lam, name: str = "lam"):
 # Jitted at module level: least squares, ridge and Bayes share one compiled program per shape.
 
 
-def _fit(x, y, lam):
-    return jax.vmap(qr.fit, in_axes=(0, 0, None))(x, y, lam)
-
-
+@jax.jit
 def _query(x, y, xq, lam):
-    """``(mean, tt, ee)`` at the query, ``[batch]`` each: the every-prefix scan on the context followed by the
-    query (its last entry predicts ``x_q`` from all ``n`` pairs), so the query and every prefix share one
-    compiled program per length."""
-    xs = jnp.concatenate([x, xq[:, None, :]], axis=1)
-    ys = jnp.concatenate([y, jnp.zeros_like(y[:, :1])], axis=1)
-    return tuple(out[:, -1] for out in _prefix(xs, ys, lam))
+    """``(mean, tt, ee)`` at the query, ``[batch]`` each: the context is factorised first (a scan that does not
+    depend on ``x_q``, so a gradient with respect to the query never differentiates through it), then the query
+    is solved against it."""
+    return jax.vmap(qr.predict)(qr.fit(x, y, lam), xq)
 
 
 @functools.partial(jax.jit, static_argnums=3)
 def _prefix(x, y, lam, want_weights=False):
     """``(mean, tt, ee)`` at every prefix, ``[batch, n]`` each (plus weights ``[batch, n, d]``)."""
-    return jax.vmap(qr.every_prefix, in_axes=(0, 0, None, None))(x, y, lam, want_weights)
+    return qr.every_prefix(x, y, lam, want_weights)
 
 
+@jax.jit
 def _weights(x, y, lam):
-    """Weights from all ``n`` pairs, ``[batch, d]``: the weights entry of the every-prefix scan run on the context
-    plus one dummy pair (whose entry uses exactly the ``n`` real pairs), sharing ``prefix_weights``' program."""
-    xs = jnp.concatenate([x, jnp.zeros_like(x[:, :1])], axis=1)
-    ys = jnp.concatenate([y, jnp.zeros_like(y[:, :1])], axis=1)
-    return _prefix(xs, ys, lam, True)[3][:, -1]
+    """Weights from all ``n`` pairs, ``[batch, d]``."""
+    return jax.vmap(qr.weights)(qr.fit(x, y, lam))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -246,8 +239,9 @@ def posterior(x: jax.Array, y: jax.Array, prior_cov, noise_std) -> tuple[jax.Arr
 @jax.jit
 def _posterior(x, y, root, s2):
     dtype, d = x.dtype, x.shape[-1]
-    state = _fit(x @ root, y, s2)
-    q, active, r, _ = state
+    state = qr.fit(x @ root, y, s2)
+    q, active, rz = state
+    r = rz[..., :d]
     v = jax.vmap(qr.weights)(state)
     eye = jnp.eye(d, dtype=dtype)
     rinv = jax.vmap(jax.vmap(qr.back_solve, in_axes=(None, None, 1), out_axes=1), in_axes=(0, 0, None))(r, active, eye)
