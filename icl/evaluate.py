@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from icl import _compile
 from icl.tasks import Prompts, check_positive_int
 from icl.training import _check_output, _is_pytree, _Opaque
 
@@ -134,7 +135,7 @@ def _sum_m2(v: jax.Array):
     return v.sum(axis=0), jnp.sum((v - v.mean(axis=0)) ** 2, axis=0)
 
 
-@functools.partial(jax.jit, static_argnames=("stat_fn", "statics", "single", "chunk", "n"))
+@_compile.jit(static_argnames=("stat_fn", "statics", "single", "chunk", "n"))
 def _engine(dynamics, task, keys, *, stat_fn, statics, single, chunk, n):
     """Per chunk key: sample ``chunk`` prompts, apply ``stat_fn``, reduce to (sum, m2) per leaf."""
     preds = {name: _merge(static, dyn) for (name, static), dyn in zip(statics, dynamics)}
@@ -538,7 +539,7 @@ def evaluate_across_tasks(predictors: Mapping[str, Callable], tasks: Sequence, k
             "loss_diff": {pair: collect("diff", j) for j, pair in enumerate(pairs)}}
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "ref_static"))
+@_compile.jit(static_argnames=("graphdef", "ref_static"))
 def _snapshot_run(params, prompts, ref_dynamic, *, graphdef, ref_static):
     reference = _merge(ref_static, ref_dynamic)
 
@@ -565,7 +566,7 @@ def interpolate(params_a, params_b, t):
     return jax.tree.map(lambda a, b: (1.0 - t) * a + t * b, params_a, params_b)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
+@_compile.jit(static_argnames=("graphdef",))
 def _interpolation_run(ts, params_a, params_b, prompts, *, graphdef):
     def one(t):
         model = nnx.merge(graphdef, interpolate(params_a, params_b, t))

@@ -159,7 +159,8 @@ class LinearTransformer(nnx.Module):
 
     One layer at the optimum implements one step of (preconditioned) gradient descent (Mahankali et al.
     2023, Thm 1-2); L layers implement L steps of preconditioned GD (Ahn et al. 2023, Thm 3).
-    ``model(prompts) -> [batch]`` predicts each query from its whole context (computed in the Gram form
+    ``model(prompts) -> [batch]`` predicts each query from its whole context (one layer: in ``O(n d)`` per
+    prompt, as the layer's query update; deeper stacks: in the Gram form
     of the module docstring); ``model.prefix(prompts) -> [batch, n]`` predicts every context point from
     the pairs before it (Garg's convention, docs/theory.md §10).
 
@@ -259,6 +260,8 @@ class LinearTransformer(nnx.Module):
         """
         _check_prompts(prompts, self.d, "model")
         context, query = prompt_tokens(prompts)
+        if len(self.layers) == 1:  # O(n d) per prompt: W^PV (1/n) sum_i z_i (z_i . W^KQ q), no Gram matrix
+            return self._output(self.layers[0](context, query, update_context=False)[1])
         return self._output(_gram_stack(*self._weights(), _gram(context), query))
 
     def prefix(self, prompts: Prompts):

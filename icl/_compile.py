@@ -1,0 +1,45 @@
+"""``jit`` for icl's outermost compiled programs: on XLA:CPU, without YNNPACK's library fusions.
+
+jaxlib 0.10's XLA:CPU hands fused multiply-and-reduce ops to YNNPACK, which first materialises the broadcast
+operand (for the 3-layer linear transformer at d=5, n=20, batch 20000: a [B, 6, 6, 6] copy per product) and then
+reduces it. Compiling without those fusions (``xla_cpu_experimental_ynn_fusion_type=""``) made that model's
+training step 3x faster (222 -> 71 ms per step on the 2-core CPU; see benchmarks/). Compiler options only
+apply to the outermost ``jit`` (an inner one is inlined), so every module-level program that icl compiles as a
+whole (the training engine, the Monte-Carlo evaluator, the fingerprint programs) uses this ``jit``.
+
+The backend is read at the first call, not at import (reading it initialises JAX). Set the environment variable
+``ICL_XLA_CPU_YNN=1`` to keep XLA's default fusions (for A/B measurements).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compiler_options() -> dict | None:
+    """The options icl's programs compile with on the current backend (``None``: XLA's defaults)."""
+    if jax.default_backend() != "cpu" or os.environ.get("ICL_XLA_CPU_YNN", "") == "1":
+        return None
+    return dict(CPU_COMPILER_OPTIONS)
+
+
+def jit(fun=None, **jit_kwargs):
+    """``jax.jit(fun, **jit_kwargs)`` compiled with :func:`compiler_options` (decided at the first call)."""
+    if fun is None:
+        return functools.partial(jit, **jit_kwargs)
+    compiled = None
+
+    @functools.wraps(fun)
+    def wrapper(*args, **kwargs):
+        nonlocal compiled
+        if compiled is None:
+            compiled = jax.jit(fun, compiler_options=compiler_options(), **jit_kwargs)
+        return compiled(*args, **kwargs)
+
+    wrapper.jitted = lambda: compiled  # the underlying jax.jit object once called (None before)
+    return wrapper
