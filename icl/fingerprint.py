@@ -35,6 +35,8 @@ parsimony rule: the first family, in the order of :data:`FAMILIES`, whose SPD is
 the smallest (docs/theory.md §11). The standard error is that of the difference ``SPD_f - SPD_min``, paired on
 the same prompts (``spd_gap_se``): the question is whether the two means differ, and the squared differences of
 nested families on one prompt are strongly correlated, so neither family's own SE measures the noise in the gap.
+With many prompts the paired SE detects any nonzero difference, so ``atol`` (SPD/d) lets the caller say how small
+a difference still counts as a tie: ``SPD_f - SPD_min <= max(SE, atol d)``.
 
 Hyper-parameters are fitted separately at every prefix length, all lengths in one compiled program: the
 families are written on the cumulative statistics ``(S, r)`` of every prefix, so each length can carry its own
@@ -383,6 +385,7 @@ class Fingerprint:
       best: the parsimony choice at the full context; best_by_k: the same at every prefix length.
       spd_gap_se: ``{family: [nk]}`` standard error of ``SPD_f - SPD_min`` (paired on the same prompts; the
         SE the parsimony rule uses; 0 for the family with the smallest SPD at that length).
+      atol: the practical-equivalence margin (SPD/d) the parsimony rule used (0: one paired SE only).
       fit_spd: ``{family: [nk]}`` SPD on the fitting prompts (what the fit minimised).
       num_prompts, num_fit_prompts, num_ilwd_prompts, num_queries: sample sizes used.
       task_noise_std: the task's noise level (for the Bayes ``lam = sigma^2 / tau^2`` comparison).
@@ -410,6 +413,7 @@ class Fingerprint:
     num_queries: int
     task_noise_std: float | None = None
     spd_gap_se: dict | None = None
+    atol: float = 0.0
 
     @property
     def spd_per_d(self) -> dict:
@@ -488,7 +492,8 @@ class Fingerprint:
                 row += f"{'-':>20}"
             row += "  " + _format_params(self.fitted[f])
             lines.append(row)
-        lines.append(f"best (parsimony, full context): {self.best}")
+        margin = f", ties within max(SE, {self.atol:g} d)" if self.atol else ""
+        lines.append(f"best (parsimony{margin}, full context): {self.best}")
         return "\n".join(lines)
 
     def plot(self, metric: str = "spd", ax=None, families: Sequence[str] | None = None):
@@ -608,6 +613,7 @@ def fingerprint(
     ilwd_ks: Sequence[int] | None = None,
     max_steps: int = 3,
     lbfgs_iters: int = 60,
+    atol: float = 0.0,
 ) -> Fingerprint:
     """Fit every candidate family to ``predictor`` and report SPD and ILWD at every prefix length.
 
@@ -634,6 +640,10 @@ def fingerprint(
       max_steps: largest ``K`` for GD (fitted over ``1..max_steps``) and the number of steps of
         preconditioned GD and GD++ (which nest: a zero last step is one step fewer).
       lbfgs_iters: L-BFGS iterations for preconditioned GD and GD++ (0: keep the GD start).
+      atol: practical-equivalence margin of the parsimony rule, in SPD/d (>= 0, finite; default 0). A family
+        ties the best when ``SPD_f - SPD_min <= max(paired SE, atol * d)``. With enough prompts any nonzero
+        difference is detected (the paired SE shrinks like ``1/sqrt(N)``), so a caller who asks "which
+        algorithm, up to differences of size atol" says how small a difference still counts as the same.
     Returns:
       A :class:`Fingerprint`.
     """
@@ -650,6 +660,12 @@ def fingerprint(
     q = _check_int("num_queries", 2 * (d + 1) if num_queries is None else num_queries, d + 1)
     max_steps = _check_int("max_steps", max_steps, 1)
     lbfgs_iters = _check_int("lbfgs_iters", lbfgs_iters, 0)
+    try:
+        atol = float(atol)
+    except (TypeError, ValueError):
+        raise ValueError(f"atol must be a finite number >= 0 (SPD/d), got {atol!r}") from None
+    if not (np.isfinite(atol) and atol >= 0):
+        raise ValueError(f"atol must be a finite number >= 0 (SPD/d), got {atol!r}")
     prior = _bayes_prior(task)
     if candidates is None:
         families = tuple(f for f in FAMILIES if f != "bayes" or prior is not None)
@@ -708,7 +724,7 @@ def fingerprint(
             ilwd[f], ilwd_se[f] = np.zeros(0), np.zeros(0)
     lin_mean, lin_se = _mean_se(lin_ratio) if ilwd_idx.size else (np.zeros(0), np.zeros(0))
     tol = 10.0 * float(jnp.finfo(dtype).eps) * np.asarray(target_ms, np.float64)  # [nk]
-    best_by_k, spd_gap_se = _parsimony(families, sq, tol)
+    best_by_k, spd_gap_se = _parsimony(families, sq, tol, atol * d)
     fitted_by_k = {f: {k: np.asarray(v) for k, v in params[f].items()} for f in families}
     fitted = {f: {k: _scalar(v[-1]) for k, v in fitted_by_k[f].items()} for f in families}
     return Fingerprint(
@@ -734,6 +750,7 @@ def fingerprint(
         num_queries=q,
         task_noise_std=None if prior is None else prior[1],
         spd_gap_se=spd_gap_se,
+        atol=atol,
     )
 
 
@@ -953,13 +970,14 @@ def _scalar(v):
     return a
 
 
-def _parsimony(families, sq: dict, tol) -> tuple[list, dict]:
+def _parsimony(families, sq: dict, tol, margin: float = 0.0) -> tuple[list, dict]:
     """Per prefix length, the first family (simplest) whose SPD is within one SE of the smallest (docs/theory.md §11).
 
     ``sq``: ``{family: [batch, nk]}`` squared differences on the same prompts. The SE is that of the paired
     difference ``mean(sq_f - sq_min)``; ``tol [nk]`` (a few rounding errors of the squared predictions) makes
     families that are exact up to floating point tie, so an exact match is not lost to rounding noise of a richer
-    family. Returns ``(best_by_k, {family: gap SE [nk]})``.
+    family. ``margin`` (raw SPD, ``atol * d``) is the caller's practical-equivalence margin: a gap up to
+    ``max(SE, margin)`` ties. Returns ``(best_by_k, {family: gap SE [nk]})``.
     """
     nk = next(iter(sq.values())).shape[1]
     gap_se = {f: np.full(nk, np.nan) for f in families}
@@ -974,7 +992,7 @@ def _parsimony(families, sq: dict, tol) -> tuple[list, dict]:
         within = []
         for f in (f for f in families if f in spd):  # the smallest itself has gap 0: the list is never empty
             gap, gap_se[f][i] = _mean_se(cols[f] - cols[smallest])
-            if gap <= gap_se[f][i] + tol[i]:
+            if gap <= max(gap_se[f][i], margin) + tol[i]:
                 within.append(f)
         best_by_k.append(within[0])
     return best_by_k, gap_se

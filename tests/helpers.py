@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -44,3 +47,17 @@ def x64():
 
     with jax.enable_x64(True):
         yield
+
+
+def load_script(path):
+    """Import an experiment script by file path (scripts are not package modules) as module ``<stem>_script``.
+
+    Registered in ``sys.modules`` so that dataclasses defined in the script resolve their annotations.
+    """
+    path = Path(path)
+    name = f"{path.stem}_script"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

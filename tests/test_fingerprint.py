@@ -50,6 +50,17 @@ def test_gd_fingerprints_as_gd_and_gives_back_step_size_and_steps():
     assert rel_err(res.fitted_by_k["gd"]["eta"][1:], 0.35) <= 0.02
 
 
+def test_atol_lets_a_simpler_family_tie_a_gap_smaller_than_the_margin_and_only_then():
+    """ridge(0.3) is detectably not Bayes (ridge(0.25)) at 64 prompts; a margin above that gap makes Bayes tie."""
+    with x64():
+        strict = _fp(icl.ridge(0.3))
+        gap = float(strict.spd["bayes"][-1] - strict.spd["ridge"][-1]) / D
+        below, above = _fp(icl.ridge(0.3), atol=0.5 * gap), _fp(icl.ridge(0.3), atol=2.0 * gap)
+    assert strict.best == "ridge" and gap * D > strict.spd_gap_se["bayes"][-1], strict.table()
+    assert below.best == "ridge" and above.best == "bayes", (below.table(), above.table())
+    assert above.atol == 2.0 * gap and "ties within" in above.table()
+
+
 def test_least_squares_is_its_own_best_match_at_every_prefix():
     with x64():
         res = _fp(icl.least_squares())
@@ -123,6 +134,8 @@ def test_probe_reads_lsa_hidden_states_layer_by_layer():
         (dict(max_steps=0), "max_steps"),
         (dict(ilwd_ks=(N + 5,)), "ilwd_ks"),
         (dict(num_ilwd_prompts=1), "num_ilwd_prompts"),
+        (dict(atol=-1e-3), "atol"),
+        (dict(atol=float("nan")), "atol"),
     ],
 )
 def test_bad_inputs_raise_value_error_naming_the_argument(kwargs, name):

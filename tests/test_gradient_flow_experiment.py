@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
+
+from tests.helpers import load_script
 
 SCRIPT = "experiments/gradient_flow.py"
 FLAGS = ["--x-cov-eigs", "1", "0.5", "--n", "8", "--test-lengths", "4", "16", "--seeds", "1",
          "--eval-prompts", "20000"]
-
-
-def load_script(repo_root):
-    spec = importlib.util.spec_from_file_location("gradient_flow_script", repo_root / SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -43,7 +36,7 @@ def test_experiment_end_to_end_writes_summary_and_figure_and_claims_pass(run_exp
 def test_experiment_help_lists_the_flags(REPO_ROOT, capsys):
     # in-process (the script as a module; a subprocess would pay jax's start-up): --help exits 0
     with pytest.raises(SystemExit) as info:
-        load_script(REPO_ROOT).SPEC.parse(["--help"])
+        load_script(REPO_ROOT / SCRIPT).SPEC.parse(["--help"])
     assert info.value.code == 0
     stdout = capsys.readouterr().out
     for flag in ("--x-cov-eigs", "--w-prior", "--n", "--test-lengths", "--init-scale", "--seeds", "--eval-prompts",

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
+
+from tests.helpers import load_script
 
 SCRIPT = "experiments/multilayer_gd.py"
 # Small but converged on the 2-core CPU (~12 s): d = 2, n = 8, depths 1 and 2, one seed. At these settings the
 # learned steps land within ~1.5% of the optimal ones and the loss within 0.3% of optimal 2-step GD.
 FLAGS = ["--x-cov-eigs", "1", "0.5", "--n", "8", "--layers", "1", "2", "--steps", "1500", "--batch", "256",
          "--seeds", "1", "--eval-prompts", "50000"]
-
-
-def load_script(repo_root):
-    spec = importlib.util.spec_from_file_location("multilayer_gd_script", repo_root / SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -44,7 +37,7 @@ def test_experiment_end_to_end_writes_summary_and_figure_and_claims_pass(run_exp
 def test_experiment_help_lists_the_flags(REPO_ROOT, capsys):
     # in-process (the script as a module; a subprocess would pay jax's start-up): --help exits 0
     with pytest.raises(SystemExit) as info:
-        load_script(REPO_ROOT).SPEC.parse(["--help"])
+        load_script(REPO_ROOT / SCRIPT).SPEC.parse(["--help"])
     assert info.value.code == 0
     stdout = capsys.readouterr().out
     for flag in ("--x-cov-eigs", "--w-prior", "--layers", "--n", "--steps", "--batch", "--seeds", "--lr",
@@ -53,7 +46,7 @@ def test_experiment_help_lists_the_flags(REPO_ROOT, capsys):
 
 
 def test_parse_args_sets_d_from_the_eigenvalues_and_rejects_bad_depths(REPO_ROOT):
-    module = load_script(REPO_ROOT)
+    module = load_script(REPO_ROOT / SCRIPT)
     args = module.parse_args(["--x-cov-eigs", "2", "1", "0.5"])
     assert args.d == 3 and args.layers == [1, 2, 3] and args.w_prior == "inverse"
     assert module.parse_args([]).x_cov_eigs == [1.0, 1.0, 0.25, 0.0625, 1.0]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
+
+from tests.helpers import load_script
 
 SCRIPT = "experiments/one_step_gd.py"
 # Small and converged on the 2-core CPU: both seeds reach eta* within ~1%; the loss claim uses the paired
@@ -14,13 +15,6 @@ SCRIPT = "experiments/one_step_gd.py"
 FLAGS = ["--d", "3", "--n", "10", "--noise", "0", "0.5", "--steps", "300", "--lr", "0.03", "--batch", "256",
          "--seeds", "2", "--eval-prompts", "40000"]
 TIMING_KEYS = {"train_seconds", "seconds", "provenance"}
-
-
-def load_script(repo_root):
-    spec = importlib.util.spec_from_file_location("one_step_gd_script", repo_root / SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def strip_timing(obj):
@@ -63,7 +57,7 @@ def test_experiment_end_to_end_writes_summary_and_figure_and_claims_pass(run_exp
 
 @pytest.mark.slow  # two whole runs of the script (training + evaluation): end to end
 def test_experiment_is_deterministic_for_the_same_flags(REPO_ROOT, tmp_path):
-    module = load_script(REPO_ROOT)
+    module = load_script(REPO_ROOT / SCRIPT)
     flags = ["--d", "2", "--n", "4", "--noise", "0.5", "--steps", "20", "--batch", "32", "--seeds", "2",
              "--eval-prompts", "2000"]
     module.main([*flags, "--out", str(tmp_path / "a"), "--compilation-cache", "off"])
@@ -77,7 +71,7 @@ def test_experiment_is_deterministic_for_the_same_flags(REPO_ROOT, tmp_path):
 def test_experiment_help_lists_the_flags(REPO_ROOT, capsys):
     # in-process (the script as a module; a subprocess would pay jax's start-up): --help exits 0
     with pytest.raises(SystemExit) as info:
-        load_script(REPO_ROOT).SPEC.parse(["--help"])
+        load_script(REPO_ROOT / SCRIPT).SPEC.parse(["--help"])
     assert info.value.code == 0
     stdout = capsys.readouterr().out
     for flag in ("--d", "--n", "--noise", "--steps", "--batch", "--seeds", "--eval-prompts", "--out"):
@@ -86,7 +80,7 @@ def test_experiment_help_lists_the_flags(REPO_ROOT, capsys):
 
 @pytest.mark.slow
 def test_checkpointed_and_resumed_runs_equal_an_uninterrupted_one(REPO_ROOT, tmp_path):
-    module = load_script(REPO_ROOT)
+    module = load_script(REPO_ROOT / SCRIPT)
     flags = ["--d", "2", "--n", "4", "--noise", "0.5", "--steps", "40", "--batch", "32", "--seeds", "2",
              "--eval-prompts", "2000", "--compilation-cache", "off"]
     module.main([*flags, "--out", str(tmp_path / "plain")])

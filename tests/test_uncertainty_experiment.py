@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
+from tests.helpers import load_script
+
 SCRIPT = "experiments/uncertainty.py"
-
-
-def load_script(repo_root):
-    spec = importlib.util.spec_from_file_location("uncertainty_script", repo_root / SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -33,7 +26,7 @@ def test_quick_run_passes_its_claims_and_reports_every_shift(run_experiment, tmp
 @pytest.mark.parametrize("flags, word", [(["--noise", "0"], "noise"), (["--w-scales", "2"], "w-scales"),
                                          (["--model", "mlp"], "model")])
 def test_bad_flags_exit_2_before_any_work(REPO_ROOT, flags, word, capsys):
-    module = load_script(REPO_ROOT)
+    module = load_script(REPO_ROOT / SCRIPT)
     with pytest.raises(SystemExit) as info:
         module.SPEC.parse(flags)
     assert info.value.code == 2 and word in capsys.readouterr().err
