@@ -29,17 +29,25 @@ def compiler_options() -> dict | None:
 
 
 def jit(fun=None, **jit_kwargs):
-    """``jax.jit(fun, **jit_kwargs)`` compiled with :func:`compiler_options` (decided at the first call)."""
+    """``jax.jit(fun, **jit_kwargs)`` compiled with :func:`compiler_options` (decided at the first call).
+
+    JAX accepts compiler options on a top-level ``jit`` only: called while another ``jit`` is tracing (any
+    argument is a tracer), the function is traced inline by a plain ``jax.jit`` and the outer program's options
+    apply.
+    """
     if fun is None:
         return functools.partial(jit, **jit_kwargs)
     compiled = None
+    nested = jax.jit(fun, **jit_kwargs)
 
     @functools.wraps(fun)
     def wrapper(*args, **kwargs):
         nonlocal compiled
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))):
+            return nested(*args, **kwargs)
         if compiled is None:
             compiled = jax.jit(fun, compiler_options=compiler_options(), **jit_kwargs)
         return compiled(*args, **kwargs)
 
-    wrapper.jitted = lambda: compiled  # the underlying jax.jit object once called (None before)
+    wrapper.jitted = lambda: compiled  # the underlying top-level jax.jit object once called (None before)
     return wrapper

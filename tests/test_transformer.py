@@ -73,6 +73,15 @@ def test_prefix_equals_model_on_truncated_prompts(encoding):
             assert_close(prefix[:, k - 1], out, EXACT_F64, f"{encoding} k={k}")
 
 
+def test_model_called_inside_a_user_jit_gives_the_same_predictions():
+    """icl's top-level programs compile with their own options; traced inside another jit they inline (float64)."""
+    with x64():
+        model = icl.Transformer(D, param_dtype=jnp.float64, rngs=nnx.Rngs(1), **SMALL)
+        prompts = _prompts(dtype=jnp.float64)
+        assert_close(jax.jit(lambda p: model.prefix(p))(prompts), model.prefix(prompts), EXACT_F64, "prefix")
+        assert_close(jax.jit(lambda p: model(p))(prompts), model(prompts), EXACT_F64, "query")
+
+
 def test_prefix_is_causal_in_later_pairs():
     """Changing pairs k..n leaves predictions 1..k-1 unchanged (and changes prediction k+1, for contrast)."""
     model = icl.Transformer(D, encoding="stacked", rngs=nnx.Rngs(2), **SMALL)
