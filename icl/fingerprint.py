@@ -50,6 +50,7 @@ library's own (shared-hyper-parameter) predictors with :meth:`Fingerprint.predic
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Sequence
 
@@ -57,7 +58,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl import _compile
 from icl.evaluate import _ById  # one identity-hashed static wrapper for jit arguments
 from icl.linalg import spd_solve
 from icl.tasks import Prompts
@@ -794,7 +794,7 @@ class _Sizes:
     ilwd_idx: tuple
 
 
-@_compile.jit(static_argnames=("pstatic", "tstatic", "with_prefix", "sizes"))
+@functools.partial(jax.jit, static_argnames=("pstatic", "tstatic", "with_prefix", "sizes"))
 def _predict_program(pdyn, tdyn, k_fit, k_eval, *, pstatic, tstatic, with_prefix, sizes):
     """The predictor-dependent part, one program: draw the fitting and evaluation prompts and the probes, and
     the predictor's outputs on them (and at the probes)."""
@@ -809,13 +809,13 @@ def _predict_program(pdyn, tdyn, k_fit, k_eval, *, pstatic, tstatic, with_prefix
     return fit_prompts, _predictions(predictor, fit_prompts, with_prefix), prompts, probes, target, values
 
 
-@_compile.jit(static_argnames=("plan",))
+@functools.partial(jax.jit, static_argnames=("plan",))
 def _fit_program(prompts, target, *, plan):
     """The family fits (one compiled program per plan and shapes, whatever the predictor)."""
     return _fit_all(target, plan, prompts)
 
 
-@_compile.jit(static_argnames=("plan", "sizes"))
+@functools.partial(jax.jit, static_argnames=("plan", "sizes"))
 def _eval_program(prompts, probes, target, values, params, *, plan, sizes):
     """SPD and ILWD terms at the fitted hyper-parameters (one compiled program per plan and shapes)."""
     return _evaluate_all(target, values, plan, np.asarray(sizes.ilwd_idx, int), sizes.m_ctx, prompts, probes, params)

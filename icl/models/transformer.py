@@ -45,7 +45,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from icl import _compile
 from icl.tasks import Prompts, check_positive_int
 
 __all__ = ["Transformer", "plot_attention_maps", "set_gd_construction"]
@@ -446,7 +445,7 @@ def _context_pairs(encoding: str, num_tokens: int, query: bool = False) -> np.nd
     return pairs
 
 
-@_compile.jit(static_argnames=("graphdef", "what"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "what"))
 def _compiled(graphdef, state, prompts: Prompts, what: str):
     return nnx.merge(graphdef, state)._run(what, prompts)
 

@@ -16,13 +16,13 @@ API accepts in place of a task: ``icl.optimal_step_size(moments, n)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl import _compile
 from icl.tasks.base import TargetLaw, check_positive_int
 
 __all__ = ["TargetMoments", "estimate_moments", "linear_part_norm2"]
@@ -141,7 +141,7 @@ def _task_args(task):
     return (None, task) if len(leaves) == 1 and leaves[0] is task else (task, None)
 
 
-@_compile.jit(static_argnames=("static_task", "chunk", "points"))
+@functools.partial(jax.jit, static_argnames=("static_task", "chunk", "points"))
 def _moment_sums(task, static_task, keys, chunk, points):
     """Per chunk: sums of ``u_f = (A_f, B_f, C_f)`` and of ``u_f u_f^T``; a ``lax.scan`` over chunk keys."""
     task = task if static_task is None else static_task
@@ -176,7 +176,7 @@ def linear_part_norm2(task, key: jax.Array, num_functions: int = 50_000, chunk_s
     return float(mean), float(np.sqrt(max(s2 / count - mean**2, 0.0) / max(count - 1, 1)))
 
 
-@_compile.jit(static_argnames=("static_task", "chunk"))
+@functools.partial(jax.jit, static_argnames=("static_task", "chunk"))
 def _norm2_sums(task, static_task, keys, chunk):
     task = task if static_task is None else static_task
 
