@@ -31,6 +31,8 @@ EXPERIMENTS = [
     ("multilayer_gd", "Ahn et al. 2023, Thm 3 / Sec. 4"),
     ("gradient_flow", "Zhang, Frei & Bartlett 2023, Thm 4.1"),
     ("uncertainty", "Liu et al. 2024 (in-context uncertainty); Bayes predictive, docs/theory.md §12"),
+    ("which_algorithm", "Akyürek et al. 2023 (SPD, ILWD, parsimony); docs/theory.md §11"),
+    ("task_diversity", "Raventós et al. 2023 (dMMSE vs ridge over the pool size); docs/theory.md §12"),
 ]
 NAMES = [name for name, _ in EXPERIMENTS]
 

@@ -91,15 +91,27 @@ class FiniteTaskPool(Task):
 
         :meth:`Task.sample` splits them into the context and the queries (``num_queries`` supported).
         """
+        return FiniteTaskPool.draw_points(self.task, self.weights, key, batch, m)
+
+    @staticmethod
+    def draw_points(task, weights, key, batch: int, m: int, use_prior=False):
+        """The pool's sampler for any ``weights [M, d]``: ``(x [b, m, d], y [b, m], w [b, d])``.
+
+        Inputs follow ``task``'s input law; each prompt's ``w`` is a row of ``weights`` chosen uniformly (so
+        tiling a pool's rows keeps its law), or, where ``use_prior`` (a traced boolean is fine, e.g. under
+        vmap over pools and the prior) is True, ``task``'s own draw from its prior; labels
+        ``y = w^T x + task.noise_std * eps``. ``FiniteTaskPool._draw`` is this with the pool's weights.
+        """
         k_inputs, k_index, k_noise = jax.random.split(key, 3)
-        base = self.task.sample(k_inputs, batch, 1, num_queries=m - 1) if m > 1 else self.task.sample(
-            k_inputs, batch, 1)
-        x = jnp.concatenate([base.x, base.x_query.reshape(batch, -1, self.d)], axis=1)  # the task's input law
+        base = task.sample(k_inputs, batch, 1, num_queries=m - 1) if m > 1 else task.sample(k_inputs, batch, 1)
+        x = jnp.concatenate([base.x, base.x_query.reshape(batch, -1, task.d)], axis=1)  # the task's input law
         dtype = x.dtype
-        index = jax.random.randint(k_index, (batch,), 0, self.num_tasks)
-        w = jnp.asarray(self.weights, dtype)[index]
+        index = jax.random.randint(k_index, (batch,), 0, weights.shape[0])
+        w = jnp.asarray(weights, dtype)[index]
+        if use_prior is not False:
+            w = jnp.where(jnp.asarray(use_prior), jnp.asarray(base.w, dtype), w)
         noise = jax.random.normal(k_noise, (batch, m), dtype)
-        y = jnp.einsum("bmd,bd->bm", x, w) + jnp.asarray(self.noise_std, dtype) * noise
+        y = jnp.einsum("bmd,bd->bm", x, w) + jnp.asarray(task.noise_std, dtype) * noise
         return x, y, w
 
     def x_second_moment(self) -> np.ndarray:
