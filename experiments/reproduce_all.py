@@ -41,6 +41,7 @@ def load(name: str):
     path = HERE / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses defined in a script resolve their annotations through it
     spec.loader.exec_module(module)
     return module
 
