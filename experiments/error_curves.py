@@ -36,7 +36,7 @@ from icl.experiment import (
     train_models,
     upper_bound_claim,
 )
-from icl.io import Claim
+from icl.io import Claim, ratio_se
 
 # --- configuration -------------------------------------------------------------------------------------------
 # Measured on the dense task (d=2, n=4, batch 128, snapshots of one run, a loaded 2-core CPU): 2 layers x width 32
@@ -182,7 +182,7 @@ def claims_for(args, name: str, curves: dict) -> list:
         for other in ("averaging", "3-NN"):
             ref, ref_se = float(curves[other]["mean"][k2 - 1]), float(curves[other]["se"][k2 - 1])
             ratio = at / ref
-            se = ratio * float(np.hypot(tf_se[k2 - 1] / at, ref_se / ref))  # delta method
+            se = ratio_se(at, float(tf_se[k2 - 1]), ref, ref_se)
             claims.append(upper_bound_claim(
                 f"dense: transformer at k=2d <= {RATIO_2D:.3g} x {other}", ratio, RATIO_2D, None,
                 f"transformer {at:.4f} ± {tf_se[k2 - 1]:.2g}, {other} {ref:.4f} ± {ref_se:.2g} (ratio {ratio:.3f})",

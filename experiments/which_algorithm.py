@@ -26,7 +26,7 @@ import numpy as np
 
 import icl
 from icl.experiment import Experiment, Outcome, positive_int, script_main, train_config
-from icl.io import Claim, relative_claim, upper_bound_claim
+from icl.io import Claim, ratio_se, relative_claim, upper_bound_claim
 
 FLAGS = dict(d=2, n=6, noise=[0.0, 0.5], steps=600, batch=512, seeds=2, lr=1e-2, seed=0, eval_prompts=4096)
 QUICK = dict(eval_prompts=2048, seeds=1, lsa_layers=[1], tf_layers=[4])
@@ -72,11 +72,6 @@ def fingerprint(args, predictor, task, key):
     return icl.fingerprint(predictor, task, key, args.n, candidates=FAMILIES, num_prompts=args.eval_prompts,
                            num_ilwd_prompts=min(64, args.eval_prompts), ilwd_ks=list(range(args.d + 1, args.n + 2)),
                            max_steps=3, lbfgs_iters=40, atol=ATOL)
-
-
-def ratio_se(num, num_se, den, den_se) -> float:
-    """Delta-method SE of ``num / den`` (independent errors; conservative for positively correlated ones)."""
-    return float(num / den * np.hypot(num_se / num, den_se / den))
 
 
 def summarise(res, label: str) -> dict:

@@ -60,7 +60,7 @@ import numpy as np
 
 from icl.evaluate import _ById  # one identity-hashed static wrapper for jit arguments
 from icl.linalg import spd_solve
-from icl.tasks import Prompts
+from icl.tasks import Prompts, check_non_negative
 
 __all__ = [
     "FAMILIES",
@@ -660,12 +660,7 @@ def fingerprint(
     q = _check_int("num_queries", 2 * (d + 1) if num_queries is None else num_queries, d + 1)
     max_steps = _check_int("max_steps", max_steps, 1)
     lbfgs_iters = _check_int("lbfgs_iters", lbfgs_iters, 0)
-    try:
-        atol = float(atol)
-    except (TypeError, ValueError):
-        raise ValueError(f"atol must be a finite number >= 0 (SPD/d), got {atol!r}") from None
-    if not (np.isfinite(atol) and atol >= 0):
-        raise ValueError(f"atol must be a finite number >= 0 (SPD/d), got {atol!r}")
+    atol = check_non_negative("atol", atol)  # SPD/d
     prior = _bayes_prior(task)
     if candidates is None:
         families = tuple(f for f in FAMILIES if f != "bayes" or prior is not None)

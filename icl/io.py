@@ -33,6 +33,7 @@ __all__ = [
     "relative_claim",
     "upper_bound_claim",
     "lower_bound_claim",
+    "ratio_se",
     "to_jsonable",
     "nonfinite_paths",
     "provenance",
@@ -101,6 +102,12 @@ def upper_bound_claim(name: str, measured: float, bound: float, theory: float | 
     passed = bool(np.isfinite(measured) and measured <= bound)
     return Claim(name, theory, measured, float(bound), passed, detail or f"must be <= {bound:g}", _spread(per_seed),
                  None if se is None else float(se))
+
+
+def ratio_se(num: float, num_se: float, den: float, den_se: float) -> float:
+    """Delta-method SE of ``num / den`` from the two SEs (independent errors; an upper bound for positively
+    correlated ones, e.g. two predictors scored on the same prompts)."""
+    return float(num / den * np.hypot(num_se / num, den_se / den))
 
 
 def lower_bound_claim(name: str, measured: float, bound: float, theory: float | None = None, detail: str = "", *,
