@@ -3,7 +3,6 @@ runner's honest endings (NaN -> null and a failed claim, divergence -> a failed 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import icl
 from icl.experiment import Experiment, Outcome, run_experiment, script_main
 from icl.io import relative_claim
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["one_step_gd", "preconditioned_gd", "nonlinear_targets", "von_oswald", "multilayer_gd", "gradient_flow"]
@@ -23,10 +23,7 @@ _MODULES: dict = {}
 def script(name: str):
     """The script as a module (loaded once per session; loading runs no experiment)."""
     if name not in _MODULES:
-        spec = importlib.util.spec_from_file_location(f"cli_{name}", ROOT / "experiments" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _MODULES[name] = module
+        _MODULES[name] = load_script(ROOT / "experiments" / f"{name}.py")
     return _MODULES[name]
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import jax
 import numpy as np
 import pytest
 
 import icl
+from tests.helpers import load_script
 
 SCRIPT = "experiments/task_diversity.py"
 # The script's --quick preset (d = 2, n = 8, sigma = 1, M = 2..128 and infinity, 1500 steps): every claim passes,
@@ -17,14 +15,6 @@ SCRIPT = "experiments/task_diversity.py"
 # with the machine loaded (load 5-6). The defaults (M = 2..256, 3000 steps) pass too: M* = 32, infinity at 1.015x,
 # ~810 CPU-seconds. At sigma = 0.5 the model's own ~10% gap to ridge at M = infinity pushed M* past the grid.
 FLAGS = ["--quick"]
-
-
-def load_script(repo_root):
-    spec = importlib.util.spec_from_file_location("task_diversity_script", repo_root / SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -43,7 +33,7 @@ def test_quick_run_passes_its_claims_and_reports_the_transition(run_experiment, 
 
 
 def test_pool_or_prior_tiles_the_pool_and_keeps_its_dmmse(REPO_ROOT):
-    module = load_script(REPO_ROOT)
+    module = load_script(REPO_ROOT / SCRIPT)
     task = icl.LinearRegressionTask(d=2, noise_std=0.5)
     pool = icl.FiniteTaskPool(task, num_tasks=4, seed=3)
     tiled = module.PoolOrPrior.build(task, 4, 16, seed=3)
@@ -61,7 +51,7 @@ def test_pool_or_prior_tiles_the_pool_and_keeps_its_dmmse(REPO_ROOT):
 @pytest.mark.parametrize("flags, word", [(["--noise", "0"], "noise"), (["--d", "8", "--n", "4"], "n"),
                                          (["--warmup", "2000", "--steps", "1000"], "warmup")])
 def test_bad_flags_exit_2_before_any_work(REPO_ROOT, flags, word, capsys):
-    module = load_script(REPO_ROOT)
+    module = load_script(REPO_ROOT / SCRIPT)
     with pytest.raises(SystemExit) as info:
         module.SPEC.parse(flags)
     assert info.value.code == 2 and word in capsys.readouterr().err
