@@ -39,6 +39,9 @@ SELF_TOL = 0.02  # ridge lambda and GD eta given back (issue 11)
 ETA_TOL = 0.03  # one-layer LSA: fitted eta vs eta* (docs/theory.md §3, §9)
 SPD_RATIO = 0.1  # SPD(LSA, GD) <= a tenth of SPD(LSA, ridge / least squares) for 2 <= k <= d
 ILWD_TOL = 0.1  # noiseless: ILWD/d to least squares for k >= d + 1
+# Contexts for ILWD: with 64 the claim's SE was 0.042 at a value of 0.053 (defaults), too coarse for a 0.1
+# tolerance; the probe queries are cheap next to the SPD fits.
+ILWD_PROMPTS = 1024
 # Practical-equivalence margin of the parsimony rule (SPD/d; icl.fingerprint's atol, docs/theory.md §11): the
 # issue's own scale of a negligible difference, ridge(lambda) vs ridge(1.25 lambda) at k = d + 1 (~1e-3 SPD/d).
 # Without it, any trained model's small non-scalar Gamma makes preconditioned GD "significantly" better than
@@ -75,8 +78,8 @@ def validate(args, parser):
 
 def fingerprint(args, predictor, task, key):
     return icl.fingerprint(predictor, task, key, args.n, candidates=FAMILIES, num_prompts=args.eval_prompts,
-                           num_ilwd_prompts=min(64, args.eval_prompts), ilwd_ks=list(range(args.d + 1, args.n + 2)),
-                           max_steps=3, lbfgs_iters=40, atol=ATOL)
+                           num_ilwd_prompts=min(ILWD_PROMPTS, args.eval_prompts),
+                           ilwd_ks=list(range(args.d + 1, args.n + 2)), max_steps=3, lbfgs_iters=40, atol=ATOL)
 
 
 def summarise(res, label: str) -> dict:
