@@ -20,6 +20,10 @@ eta* at both noise levels; the transformer's SPD to ridge at k = d + 1 is 0.049 
 lambda 0.279, 95% CI 0.268..0.290, against sigma^2/tau^2 = 0.25), its noiseless ILWD/d to least squares at most
 0.033 +- 0.019 over k = d + 1..n + 1. Two layers (width 64, 5000 steps) fail the noiseless claim (ILWD/d 0.147).
 Training both noise levels in one vmapped program (``icl.sweep``) was measured slower (2.2x one run, not 2x).
+The defaults (LSA depths 1-3, transformer depths 1, 2, 4, two seeds for the one-layer LSA and the deepest
+transformer, 4096 prompts) took 13 min 3 s cold (921 CPU-s) and pass every claim: SPD ratio 0.049 +- 0.004,
+noiseless ILWD/d 0.051 +- 0.007 (from 1024 contexts; with 64 it read 0.053 +- 0.042), fitted lambda at k = d + 1
+0.282 (95% CI 0.275..0.289) and at k = n + 1 0.319 (0.300..0.339) against 0.25.
 
     python experiments/which_algorithm.py [--quick] [--d 2 --n 6 --noise 0 0.5 --lsa-layers 1 2 3 ...]
 """
