@@ -29,17 +29,18 @@ larger noise floor sigma^2 = 1, the model's own gap is 2-3% and the transition i
 ridge's (k >= 3; SE 0.001-0.016) and pool-task SPD to dMMSE / to ridge (k = 1..8):
 
     M                  2      4      8      16     32     64     128    256    inf
-    --quick ratio      1.681  1.378  1.338  1.200  1.071  1.047  1.031   -     1.026
-      SPD dMMSE/ridge  .010/  .069/  .042/  .040/  .062/  .043/  .030/   -
-                       .257   .320   .211   .120   .077   .055   .036
+    --quick ratio      1.673  1.393  1.331  1.192  1.073  1.045  1.052   -     1.023
+      SPD dMMSE/ridge  .009/  .077/  .044/  .042/  .064/  .042/  .052/   -
+                       .259   .324   .212   .118   .079   .053   .061
     defaults ratio     1.684  1.403  1.344  1.197  1.041  1.044  1.031  1.020  1.015
       SPD dMMSE/ridge  .006/  .043/  .031/  .030/  .038/  .035/  .025/  .024/
                        .261   .331   .215   .114   .048   .049   .033   .026
 
 Both give M* = 32 (range 32..32: M = 16 and 32 are >= 8 SE from the 1.10 line) and pass every claim;
-``--quick`` (M = 2..128, 1500 steps, 8000 prompts) takes ~350 CPU-seconds, the defaults (M = 2..256, 3000
-steps, 20000 prompts) ~810. On pool tasks the finite-M models stay nearer dMMSE than ridge (dMMSE itself
-tends to ridge as M grows); on fresh tasks the M = infinity model's SPD to ridge is 0.036 (quick) / 0.020.
+``--quick`` (M = 2..128, 1500 steps at batch 192, 8000 prompts; 226 s cold on a quiet machine, where batch 256
+took 285 s with the same M* and ratios within 0.02), the defaults (M = 2..256, 3000 steps, 20000 prompts)
+~810 CPU-seconds (687 s wall). On pool tasks the finite-M models stay nearer dMMSE than ridge (dMMSE itself
+tends to ridge as M grows); on fresh tasks the M = infinity model's SPD to ridge is 0.030 (quick) / 0.020.
 
     python experiments/task_diversity.py [--quick] [--d 2 --n 8 --max-log2-tasks 8 ...]
 """
@@ -68,7 +69,7 @@ from icl.experiment import (
 
 # --- configuration -------------------------------------------------------------------------------------------
 FLAGS = dict(d=2, n=8, noise=[1.0], steps=3000, batch=256, seeds=1, lr=3e-3, seed=0, eval_prompts=20_000)
-QUICK = dict(steps=1500, max_log2_tasks=7, eval_prompts=8_000)
+QUICK = dict(steps=1500, batch=192, max_log2_tasks=7, eval_prompts=8_000)
 RIDGE_TOL = 0.10  # fresh-task error within 10% of ridge's (k >= d + 1)
 OCTAVES = 2  # the grid spans this many octaves on each side of M*
 

@@ -10,10 +10,10 @@ import icl
 from tests.helpers import load_script
 
 SCRIPT = "experiments/task_diversity.py"
-# The script's --quick preset (d = 2, n = 8, sigma = 1, M = 2..128 and infinity, 1500 steps): every claim passes,
-# M* = 32 (range 32..32; M = 16 at 1.20x ridge, 32 at 1.07x, infinity at 1.03x); ~350 CPU-seconds, 14 min wall
-# with the machine loaded (load 5-6). The defaults (M = 2..256, 3000 steps) pass too: M* = 32, infinity at 1.015x,
-# ~810 CPU-seconds. At sigma = 0.5 the model's own ~10% gap to ridge at M = infinity pushed M* past the grid.
+# The script's --quick preset (d = 2, n = 8, sigma = 1, M = 2..128 and infinity, 1500 steps at batch 192): every
+# claim passes, M* = 32 (range 32..32; M = 16 at 1.19x ridge, 32 at 1.07x, infinity at 1.02x); 226 s wall cold on a
+# quiet 2-core CPU. The defaults (M = 2..256, 3000 steps) pass too: M* = 32, infinity at 1.015x, ~810 CPU-seconds.
+# At sigma = 0.5 the model's own ~10% gap to ridge at M = infinity pushed M* past the grid.
 FLAGS = ["--quick"]
 
 
