@@ -1,9 +1,9 @@
 """End-to-end checks of experiments/which_algorithm.py: summary.json schema, phase diagram, lambda CI, claims, --help.
 
 The end-to-end run uses the script's ``--quick`` preset (d = 2, n = 6; the one-layer LSA and one 4-layer
-standard transformer of width 32, one seed; the smallest configuration measured to pass, see the
-script's docstring) and fails when any claim fails (the shared
-``run_experiment`` fixture asserts exit code 0 and every claim passed).
+standard transformer of width 32, one seed; the smallest configuration measured to pass, see the script's
+docstring) and fails when any claim fails (the shared ``run_experiment`` fixture asserts exit code 0 and every
+claim passed).
 """
 
 from __future__ import annotations
