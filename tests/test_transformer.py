@@ -73,6 +73,25 @@ def test_prefix_equals_model_on_truncated_prompts(encoding):
             assert_close(prefix[:, k - 1], out, EXACT_F64, f"{encoding} k={k}")
 
 
+@pytest.mark.parametrize("encoding", ["interleaved", "stacked"])
+@pytest.mark.parametrize("attention", ["softmax", "linear"])
+def test_broadcast_and_matmul_attention_layouts_agree(encoding, attention, monkeypatch):
+    """Short prompts attend by a broadcast multiply-and-sum, long ones by batched matmuls: same numbers (float64)."""
+    from icl.models import transformer
+
+    def run(limit):
+        monkeypatch.setattr(transformer, "_BROADCAST_MAX", limit)
+        jax.clear_caches()  # the layout is chosen while tracing
+        return jax.jit(lambda p: (model(p), model.prefix(p), model.attention_maps(p)))(prompts)
+
+    with x64():
+        model = icl.Transformer(D, encoding=encoding, attention=attention, param_dtype=jnp.float64,
+                                rngs=nnx.Rngs(3), **SMALL)
+        prompts = _prompts(dtype=jnp.float64)
+        for name, a, b in zip(("query", "prefix", "maps"), run(10**6), run(0)):
+            assert_close(a, b, EXACT_F64, f"{encoding} {attention} {name}")
+
+
 def test_model_called_inside_a_user_jit_gives_the_same_predictions():
     """icl's top-level programs compile with their own options; traced inside another jit they inline (float64)."""
     with x64():

@@ -52,6 +52,11 @@ __all__ = ["Transformer", "plot_attention_maps", "set_gd_construction"]
 _ENCODINGS = ("interleaved", "stacked")
 _POSITIONAL = ("learned", "none")
 _ATTENTION = ("softmax", "linear")
+# Context attention of prompts with t tokens and head width dh runs as one broadcast multiply-and-sum when
+# t * dh <= _BROADCAST_MAX, else as batched matmuls. Measured on a 2-core CPU (training step, 4 layers; ms/step
+# broadcast vs matmul): t=8, dh=8: 2.8 vs 12.1; t=8, dh=16: 12.0 vs 21.3; t=14, dh=8: 6.8 vs 16.4; t=20, dh=8:
+# 7.5 vs 11.4; t=12, dh=16: 29.5 vs 30.5; t=20, dh=16: 14.6 vs 12.7; t=40, dh=8: 89 vs 57; t=40, dh=32: 102 vs 45.
+_BROADCAST_MAX = 160
 _INIT_STD = 0.02  # GPT-2's initialiser
 
 
@@ -396,25 +401,39 @@ class Transformer(nnx.Module):
         dh = w // heads
         softmax = self.attention == "softmax"
         scale = 1.0 / math.sqrt(dh) if softmax else 1.0
-        # One transpose of the fused projection to [3, b, heads, t, dh]: batched matmuls in their natural layout.
-        q, k, v = block.qkv(a_h).reshape(b, t, 3, heads, dh).transpose(2, 0, 3, 1, 4)
         causal = np.tril(np.ones((t, t), bool))
-        scores = (q * scale) @ k.swapaxes(-1, -2)
-        if softmax:
-            weights = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
+        inv_pairs = (1.0 / np.maximum(pairs, 1)).astype(np.float64)  # linear attention's 1/#pairs per row
+        if t * dh <= _BROADCAST_MAX:
+            # Short prompts: [b, t, s, heads] products summed over the head dimension. XLA:CPU runs the
+            # b * heads tiny batched matmuls of the other layout slowly (measurements at _BROADCAST_MAX).
+            q, k, v = (z.reshape(b, t, heads, dh) for z in jnp.split(block.qkv(a_h), 3, axis=-1))
+            scores = jnp.sum((q * scale)[:, :, None] * k[:, None], axis=-1)
+            mask = causal[None, :, :, None]
+            if softmax:
+                weights = jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), axis=2)
+            else:
+                weights = jnp.where(mask, scores, 0.0) * jnp.asarray(inv_pairs, scores.dtype)[None, :, None, None]
+            if maps is not None:
+                maps.append(weights.transpose(0, 3, 1, 2))
+            out_h = jnp.sum(weights[..., None] * v[:, None], axis=2).reshape(b, t, w)
         else:
-            inv_pairs = (1.0 / np.maximum(pairs, 1)).astype(np.float64)
-            weights = jnp.where(causal, scores, 0.0) * jnp.asarray(inv_pairs, scores.dtype)[:, None]
-        if maps is not None:
-            maps.append(weights)
-        out_h = (weights @ v).transpose(0, 2, 1, 3).reshape(b, t, w)
+            # One transpose of the fused projection to [3, b, heads, t, dh]: batched matmuls in their natural layout.
+            q, k, v = block.qkv(a_h).reshape(b, t, 3, heads, dh).transpose(2, 0, 3, 1, 4)
+            scores = (q * scale) @ k.swapaxes(-1, -2)
+            if softmax:
+                weights = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
+            else:
+                weights = jnp.where(causal, scores, 0.0) * jnp.asarray(inv_pairs, scores.dtype)[:, None]
+            if maps is not None:
+                maps.append(weights)
+            out_h = (weights @ v).transpose(0, 2, 1, 3).reshape(b, t, w)
+            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, t, heads, dh] for the query stream
         out_h = block.attn_out(out_h)
         if a_g is None:
             return out_h, None
         # Query stream: query t attends to context tokens s < t and to itself.
         qg, kg, vg = jnp.split(block.qkv(a_g), 3, axis=-1)
         qg, kg, vg = (z.reshape(b, t, heads, dh) for z in (qg, kg, vg))
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # back to [b, t, heads, dh]
         strict = np.tril(np.ones((t, t), bool), -1)
         s_ctx = jnp.einsum("bthe,bshe->bhts", qg * scale, k)
         s_self = jnp.einsum("bthe,bthe->bht", qg * scale, kg)
