@@ -30,6 +30,7 @@ EXPERIMENTS = [
     ("von_oswald", "von Oswald et al. 2023, Prop. 1 and Sec. 3"),
     ("multilayer_gd", "Ahn et al. 2023, Thm 3 / Sec. 4"),
     ("gradient_flow", "Zhang, Frei & Bartlett 2023, Thm 4.1"),
+    ("error_curves", "Garg et al. 2022 (error at every context length); docs/theory.md §10"),
     ("uncertainty", "Liu et al. 2024 (in-context uncertainty); Bayes predictive, docs/theory.md §12"),
     ("which_algorithm", "Akyürek et al. 2023 (SPD, ILWD, parsimony); docs/theory.md §11"),
     ("task_diversity", "Raventós et al. 2023 (dMMSE vs ridge over the pool size); docs/theory.md §12"),
