@@ -45,8 +45,8 @@ from icl.experiment import (
 FLAGS = dict(d=10, n=10, noise=[0.0], steps=5000, batch=2048, seeds=2, lr=1e-3, seed=0, init_scale=0.01,
              init_diag=0.0, eval_prompts=100_000)
 QUICK = dict(steps=2000, lr=3e-3, schedule="cosine", seeds=1, curve_prompts=50_000, snapshots=20)
-FAST = dict(steps=500, lr=3e-2, schedule="cosine", init_diag=0.3, seeds=1, eval_prompts=40_000, snapshots=6,
-            metric_prompts=4000, curve_prompts=10_000)
+FAST = dict(steps=500, lr=3e-2, schedule="cosine", init_diag=0.3, seeds=1, eval_prompts=40_000, snapshots=5,
+            metric_prompts=10_000, curve_prompts=10_000)
 COSINE_BOUND = 0.99  # von Oswald et al.'s "model cos" of a trained single layer vs GD is ~1
 GAP_BOUND = 0.03  # relative prediction gap; the 3% relative tolerance on Gamma_eff of docs/theory.md §9
 SCALE_BOUND = 0.05  # |loss_LSA / loss_GD - 1| at every input scale

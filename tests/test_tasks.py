@@ -56,6 +56,8 @@ def test_every_family_samples_prompts_and_multi_query_prompts_of_the_documented_
     assert icl.each_query(flat) is flat
     for u, v in zip(q, draw(jax.random.key(0))):  # a pure function of the key
         np.testing.assert_array_equal(u, v)
+    for u, v in zip(q, task.sample(jax.random.key(0), BATCH, N, num_queries=Q)):  # eager = inside jit, bit for bit
+        np.testing.assert_array_equal(u, v)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
