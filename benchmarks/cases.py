@@ -53,6 +53,45 @@ def _block(tree):
     return jax.block_until_ready(tree)
 
 
+def _xla_costs(model_fn, task, config) -> dict:
+    """XLA's cost analysis (flops and bytes accessed) of one training step and of sampling its prompts.
+
+    The step is the engine's (sample, value-and-grad of ``icl.training_loss``, Optax update), written with the
+    public API and compiled with icl's compiler options. A step that is bound by memory traffic cannot cost
+    less than its ``bytes_ratio`` times sampling; one bound by arithmetic, than its ``flops_ratio``.
+    """
+    import jax
+    import optax
+    from flax import nnx
+
+    import icl
+    from icl._compile import compiler_options
+
+    graphdef, params = nnx.split(model_fn(nnx.Rngs(0)))
+    opt = icl.make_optimizer(config)
+
+    def step(params, opt_state, key):
+        prompts = task.sample(key, config.batch, config.n)
+        loss_of = lambda p: icl.training_loss(nnx.merge(graphdef, p), prompts, config)  # noqa: E731
+        loss, grads = jax.value_and_grad(loss_of)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    def sample(key):
+        p = task.sample(key, config.batch, config.n)
+        return p.y.sum() + p.y_query.sum()
+
+    def cost(fn, *args):
+        c = jax.jit(fn, compiler_options=compiler_options()).lower(*args).compile().cost_analysis()
+        c = c[0] if isinstance(c, (list, tuple)) else c
+        return {"flops": float(c["flops"]), "bytes": float(c["bytes accessed"])}
+
+    key = jax.random.key(0)
+    train, samp = cost(step, params, opt.init(params), key), cost(sample, key)
+    return dict(train=train, sample=samp, flops_ratio=train["flops"] / samp["flops"],
+                bytes_ratio=train["bytes"] / samp["bytes"])
+
+
 def case_throughput(quick: bool) -> dict:
     import jax
     import jax.numpy as jnp
@@ -83,6 +122,7 @@ def case_throughput(quick: bool) -> dict:
 
             return jax.lax.scan(body, jnp.zeros(()), keys)[0]
 
+        xla = _xla_costs(model_fn, task, icl.TrainConfig(steps=chunk, batch=batch, n=n, lr=1e-3, schedule="constant"))
         fns = {"train_1": lambda: run(1), "train_3": lambda: run(3), "sample": lambda: _block(sample(keys))}
         for f in fns.values():
             f()
@@ -93,7 +133,7 @@ def case_throughput(quick: bool) -> dict:
         train_ms, sample_ms = 1e3 * median(per_round), 1e3 * median(sample_steps)
         figures[name] = dict(train_ms_per_step=train_ms, sample_ms_per_step=sample_ms,
                              train_prompts_per_s=batch / train_ms * 1e3, sample_prompts_per_s=batch / sample_ms * 1e3,
-                             ratio=step_ratio)
+                             ratio=step_ratio, xla_per_step=xla)
         if layers > 1:
             figures[name]["side_by_side_over_ahn"] = AHN_SIDE_BY_SIDE_RATIO
         target = LT3_RATIO_TARGET if layers > 1 else TRAIN_RATIO_TARGET

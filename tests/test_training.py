@@ -137,6 +137,7 @@ def test_same_config_and_seed_give_bit_identical_losses_and_parameters(small_run
 def test_progress_chunks_and_snapshots_do_not_change_the_result(small_run):
     chunked = icl.train(lsa(2), SMALL_TASK, icl.TrainConfig(**SMALL, progress_every=4), snapshot_every=4)
     np.testing.assert_allclose(chunked.losses, small_run.losses, rtol=1e-6)
+    np.testing.assert_allclose(chunked.final_losses, small_run.final_losses, rtol=1e-5)  # measured after the last chunk
     for u, v in zip(leaves(chunked), leaves(small_run)):
         np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7)
     snaps = chunked.snapshots
