@@ -63,14 +63,14 @@ def test_prompt_tokens_are_x_y_context_and_x_zero_query():
     np.testing.assert_array_equal(query[:, 3], 0.0)
 
 
-def test_gram_form_forward_equals_token_form_definition_in_float64_for_one_to_three_layers():
+def test_gram_form_forward_equals_token_form_definition_in_float64_for_one_to_four_layers():
     """model(p) (Gram form: G <- M G M^T) equals f(E) = E + W^PV E M (E^T W^KQ E)/n stacked, to 1e-10; so do
     the token-form final tokens of ``model.tokens``."""
     d, n = 3, 6
     with x64():
         task = icl.LinearRegressionTask.from_eigenvalues([1.0, 0.5, 2.0], noise_std=0.3)
         p = task.sample(jax.random.key(2), 5, n)
-        for num_layers in (1, 2, 3):
+        for num_layers in (1, 2, 3, 4):
             model = icl.LinearTransformer(d, num_layers, init_scale=0.5, rngs=nnx.Rngs(num_layers))
             weights = [(np.asarray(l.w_pv[...]), np.asarray(l.w_kq[...])) for l in model.layers]
             e_ref, y_ref = reference_forward(p, weights)

@@ -94,17 +94,34 @@ def _gram_stack(w_pvs, w_kqs, gram: jax.Array, query: jax.Array) -> jax.Array:
     """Final query token(s) of the stack from the context Gram matrix (module docstring, "Gram form").
 
     ``w_pvs, w_kqs``: sequences of ``[D, D]``; ``gram: [..., D, D]``; ``query: [..., D]``; returns ``[..., D]``.
-    Layer ``l``: ``M = I + W^PV G W^KQ``, ``q <- M q``, ``G <- M G M^T`` (not needed after the last layer).
-    Jitted so that eager calls compile once per shape instead of dispatching every product op by op.
+    Layer ``l``: ``M = I + W^PV G W^KQ``, ``q <- M q``, ``G <- M G M^T``. The first ``L - 2`` layers form
+    ``M`` and ``G``; the last two apply them to vectors only: with ``G`` the Gram matrix entering layer
+    ``L - 2`` (symmetric), ``M v = v + W^PV G W^KQ v``, ``M^T v = v + W^KQ^T G W^PV^T v``, the last layer's
+    Gram matrix acts as ``v -> M G M^T v`` and ``q_L = q + W^PV_L (M G M^T) W^KQ_L q``: five per-prompt
+    matrix-vector products instead of three per-prompt ``D x D`` matrix products (the 3-layer training step
+    at d=5, n=20, batch 20000, alternating runs: 1.70-1.90x the cost of sampling its prompts -> 1.34-1.37x).
+    Jitted so that eager calls compile once per shape.
     """
     eye = jnp.eye(gram.shape[-1], dtype=gram.dtype)
-    last = len(w_pvs) - 1
-    for i, (w_pv, w_kq) in enumerate(zip(w_pvs, w_kqs)):
+    layers = len(w_pvs)
+    for w_pv, w_kq in zip(w_pvs[:-2], w_kqs[:-2]):
         m = eye + (w_pv @ gram) @ w_kq  # shared weights: plain matmuls
         query = _mv(m, query)
-        if i < last:
-            gram = _mm(_mm(m, gram), jnp.swapaxes(m, -1, -2))
-    return query
+        gram = _mm(_mm(m, gram), jnp.swapaxes(m, -1, -2))
+    if layers == 1:
+        def last_gram(v):
+            return _mv(gram, v)
+    else:
+        w_pv, w_kq = w_pvs[-2], w_kqs[-2]
+
+        def m_apply(v):
+            return v + _mv(gram, v @ w_kq.T) @ w_pv.T
+
+        def last_gram(v):
+            return m_apply(_mv(gram, v + _mv(gram, v @ w_pv) @ w_kq))  # M G M^T v
+
+        query = m_apply(query)
+    return query + last_gram(query @ w_kqs[-1].T) @ w_pvs[-1].T
 
 
 class LinearSelfAttention(nnx.Module):
