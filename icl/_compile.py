@@ -20,6 +20,8 @@ import os
 
 import jax
 
+from icl._pytree import is_traced
+
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -45,7 +47,7 @@ def jit(fun=None, **jit_kwargs):
     @functools.wraps(fun)
     def wrapper(*args, **kwargs):
         nonlocal compiled
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))):
+        if is_traced(args, kwargs):
             return nested(*args, **kwargs)
         if compiled is None:
             compiled = jax.jit(fun, compiler_options=compiler_options(), **jit_kwargs)

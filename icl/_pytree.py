@@ -51,3 +51,14 @@ def pytree_dataclass(cls=None, **dataclass_kwargs):
         return klass
 
     return wrap if cls is None else wrap(cls)
+
+
+def is_pytree(obj) -> bool:
+    """True when ``obj`` flattens into array leaves (a registered pytree), not into itself."""
+    leaves = jax.tree.leaves(obj)
+    return not (len(leaves) == 1 and leaves[0] is obj)
+
+
+def is_traced(*trees) -> bool:
+    """True when any leaf of ``trees`` is a tracer (the call runs inside ``jit``, ``vmap`` or ``grad``)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))

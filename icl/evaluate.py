@@ -36,7 +36,8 @@ from flax import nnx
 
 from icl import _compile
 from icl.tasks import Prompts, check_positive_int
-from icl.training import _check_output, _is_pytree, _Opaque
+from icl._pytree import is_pytree
+from icl.training import _check_output, _Opaque
 
 __all__ = [
     "MonteCarlo",
@@ -85,7 +86,7 @@ def _split(p) -> tuple[tuple, Any]:
     if isinstance(p, nnx.Module):
         graphdef, state = nnx.split(p)
         return ("nnx", graphdef), state
-    if _is_pytree(p):
+    if is_pytree(p):
         leaves, treedef = jax.tree.flatten(p)
         if all(isinstance(leaf, _ARRAY_TYPES) for leaf in leaves):
             return ("tree", treedef), leaves
@@ -219,7 +220,7 @@ def monte_carlo(
         static, dynamic = _split(p)
         statics.append((name, static))
         dynamics.append(dynamic)
-    task_arg = task if _is_pytree(task) else _Opaque(task)
+    task_arg = task if is_pytree(task) else _Opaque(task)
     try:
         hash(stat_fn)
     except TypeError:

@@ -38,6 +38,7 @@ import optax
 from flax import nnx
 
 from icl import _compile
+from icl._pytree import is_pytree
 from icl.tasks import Prompts, Task, check_positive_int
 
 __all__ = [
@@ -563,7 +564,7 @@ def _run(graphdef, params, lrs, run_keys, task, task_batched: bool, config: Trai
         history.append(np.asarray(state["losses"]))
     else:
         opt_state = fresh_state
-    task_arg = task if _is_pytree(task) else _Opaque(task)
+    task_arg = task if is_pytree(task) else _Opaque(task)
     if sharding is not None:
         params, opt_state, step_keys, lrs, end_keys = jax.device_put((params, opt_state, step_keys, lrs, end_keys),
                                                                      sharding)
@@ -576,13 +577,13 @@ def _run(graphdef, params, lrs, run_keys, task, task_batched: bool, config: Trai
     snaps, snap_steps = ([params], [done]) if snapshot_every else (None, None)
     final = None
     while done < config.steps:
-        length = min(chunk - done % chunk, config.steps - done)
-        steps = jnp.arange(done, done + length)
-        end = done + length
-        measure = end == config.steps or (writer is not None and bool(config.checkpoint_every)
-                                          and end % config.checkpoint_every == 0)
+        end = min(done + chunk - done % chunk, config.steps)
+        last = end == config.steps
+        save = writer is not None and (last or (bool(config.checkpoint_every) and end % config.checkpoint_every == 0))
+        measure = last or save  # a checkpoint stores the final loss of its parameters
         params, opt_state, losses, ok, chunk_final = _train_chunk(
-            params, opt_state, step_keys[:, done:end], steps, lrs, end_keys, task_arg, np.bool_(measure), **static)
+            params, opt_state, step_keys[:, done:end], jnp.arange(done, end), lrs, end_keys, task_arg,
+            np.bool_(measure), **static)
         losses = np.asarray(losses)
         history.append(losses)
         done = end
@@ -592,8 +593,7 @@ def _run(graphdef, params, lrs, run_keys, task, task_batched: bool, config: Trai
         if snapshot_every and (done % snapshot_every == 0 or done == config.steps):
             snaps.append(params)
             snap_steps.append(done)
-        if writer is not None and (done == config.steps or (config.checkpoint_every
-                                                              and done % config.checkpoint_every == 0)):
+        if save:
             writer.save(done, params, opt_state, np.concatenate(history, axis=1), np.asarray(final),
                         time.perf_counter() - start)
         if config.progress_every and (done % config.progress_every == 0 or done == config.steps):
@@ -669,12 +669,6 @@ def _train_chunk(params, opt_state, keys, steps, lrs, end_keys, task, measure_fi
         squeezed = [x if axis is None else jax.tree.map(lambda a: a[0], x) for x, axis in zip(args, in_axes)]
         return jax.tree.map(lambda a: a[None], per_run(*squeezed))
     return jax.vmap(per_run, in_axes=in_axes)(*args)
-
-
-def _is_pytree(obj) -> bool:
-    """True when ``obj`` flattens into array leaves (a registered pytree), not into itself."""
-    leaves = jax.tree.leaves(obj)
-    return not (len(leaves) == 1 and leaves[0] is obj)
 
 
 @jax.tree_util.register_pytree_node_class

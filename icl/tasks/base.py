@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl._pytree import is_pytree, is_traced
+
 __all__ = [
     "GaussianLaw",
     "IIDLaw",
@@ -341,9 +343,7 @@ class Task:
         n = check_positive_int("n", n)
         if num_queries is not None:
             num_queries = check_positive_int("num_queries", num_queries)
-        leaves = jax.tree.leaves(self)
-        if (isinstance(key, jax.core.Tracer) or any(isinstance(a, jax.core.Tracer) for a in leaves)
-                or (len(leaves) == 1 and leaves[0] is self)):  # traced already, or not a pytree: inline
+        if is_traced(key, self) or not is_pytree(self):  # traced already, or not a pytree: inline
             return _split_points(self, key, batch, n, num_queries)
         return _sample_compiled(self, key, batch=batch, n=n, num_queries=num_queries)
 

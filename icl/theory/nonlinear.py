@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl._pytree import is_pytree
 from icl.tasks.base import TargetLaw, check_positive_int
 
 __all__ = ["TargetMoments", "estimate_moments", "linear_part_norm2"]
@@ -137,8 +138,7 @@ def estimate_moments(
 
 def _task_args(task):
     """``(traced, static)``: a pytree task is traced (one compilation per kind of task), any other is static."""
-    leaves = jax.tree.leaves(task)
-    return (None, task) if len(leaves) == 1 and leaves[0] is task else (task, None)
+    return (task, None) if is_pytree(task) else (None, task)
 
 
 @functools.partial(jax.jit, static_argnames=("static_task", "chunk", "points"))
