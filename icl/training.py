@@ -581,8 +581,9 @@ def _run(graphdef, params, lrs, run_keys, task, task_batched: bool, config: Trai
         last = end == config.steps
         save = writer is not None and (last or (bool(config.checkpoint_every) and end % config.checkpoint_every == 0))
         measure = last or save  # a checkpoint stores the final loss of its parameters
+        steps = np.arange(done, end, dtype=jax.dtypes.canonicalize_dtype(np.int64))  # numpy: no eager compiles
         params, opt_state, losses, ok, chunk_final = _train_chunk(
-            params, opt_state, step_keys[:, done:end], jnp.arange(done, end), lrs, end_keys, task_arg,
+            params, opt_state, step_keys[:, done:end], steps, lrs, end_keys, task_arg,
             np.bool_(measure), **static)
         losses = np.asarray(losses)
         history.append(losses)

@@ -148,7 +148,7 @@ class LinearSelfAttention(nnx.Module):
             raise ValueError(f"init_diag must be finite, got {init_diag!r}")
         self.d = d
         shape = (d + 1, d + 1)
-        diag = init_diag * jnp.eye(d + 1)
+        diag = jnp.asarray(init_diag * np.eye(d + 1))  # numpy: eagerly, jnp.eye compiled five programs
         self.w_pv = nnx.Param(diag + init_scale * jax.random.normal(rngs.params(), shape))
         self.w_kq = nnx.Param(diag + init_scale * jax.random.normal(rngs.params(), shape))
 
@@ -373,7 +373,11 @@ def align_gauge(w_pv, w_kq, reference_w_kq) -> tuple[jax.Array, jax.Array, jax.A
     ``||A / s - A_ref||_F`` with ``A``, ``A_ref`` the top-left ``d x d`` blocks, i.e.
     ``1/s = <A, A_ref>_F / ||A||_F^2``. Returns ``(s W^PV, W^KQ / s, s)``.
     """
-    w_pv, w_kq, ref = jnp.asarray(w_pv), jnp.asarray(w_kq), jnp.asarray(reference_w_kq)
+    return _align_gauge(jnp.asarray(w_pv), jnp.asarray(w_kq), jnp.asarray(reference_w_kq))
+
+
+@jax.jit
+def _align_gauge(w_pv, w_kq, ref):
     d = w_kq.shape[-1] - 1
     a, a_ref = w_kq[..., :d, :d], ref[..., :d, :d]
     inv_s = jnp.sum(a * a_ref, axis=(-2, -1)) / jnp.sum(a * a, axis=(-2, -1))
@@ -417,11 +421,27 @@ def lsa_blocks(layer_or_w_pv, w_kq=None):
     (leading batch axes allowed). Returns ``(b [..., d], c [...], A [..., d, d], a [..., d])``.
     Raises ValueError for a model with several layers (pass ``model.layers[i]``).
     """
+    return _blocks(*_checked_weights(layer_or_w_pv, w_kq))
+
+
+def _checked_weights(layer_or_w_pv, w_kq):
     w_pv, w_kq = _layer_weights(layer_or_w_pv, w_kq)
     if w_pv.ndim < 2 or w_pv.shape[-1] != w_pv.shape[-2] or w_pv.shape[-1] < 2 or w_kq.shape != w_pv.shape:
         raise ValueError(f"w_pv and w_kq must be [..., d+1, d+1] matrices of one shape, got {w_pv.shape} and {w_kq.shape}")
+    return w_pv, w_kq
+
+
+@jax.jit
+def _blocks(w_pv, w_kq):
+    """The four blocks as one compiled program (eagerly, each slice compiled a program of its own)."""
     d = w_pv.shape[-1] - 1
     return w_pv[..., d, :d], w_pv[..., d, d], w_kq[..., :d, :d], w_kq[..., d, :d]
+
+
+@jax.jit
+def _gamma(w_pv, w_kq):
+    b, c, a_mat, a = _blocks(w_pv, w_kq)
+    return c[..., None, None] * jnp.swapaxes(a_mat, -1, -2) + a[..., :, None] * b[..., None, :]
 
 
 def implied_preconditioner(layer_or_w_pv, w_kq=None) -> jax.Array:
@@ -431,8 +451,7 @@ def implied_preconditioner(layer_or_w_pv, w_kq=None) -> jax.Array:
     Accepts a layer, a one-layer model, or the two matrices; a model with several layers raises a
     ValueError saying to pass ``model.layers[i]``.
     """
-    b, c, a_mat, a = lsa_blocks(layer_or_w_pv, w_kq)
-    return c[..., None, None] * jnp.swapaxes(a_mat, -1, -2) + a[..., :, None] * b[..., None, :]
+    return _gamma(*_checked_weights(layer_or_w_pv, w_kq))
 
 
 def residual_terms(layer_or_w_pv, w_kq=None, x_cov=None) -> dict[str, jax.Array]:
@@ -466,6 +485,11 @@ def dist_to_identity(m) -> jax.Array:
     m = jnp.asarray(m)
     if m.ndim < 2 or m.shape[-1] != m.shape[-2]:
         raise ValueError(f"m must be a square matrix [..., d, d], got shape {m.shape}")
+    return _dist_to_identity(m)
+
+
+@jax.jit
+def _dist_to_identity(m):
     d = m.shape[-1]
     alpha = jnp.trace(m, axis1=-2, axis2=-1) / d
     return jnp.linalg.norm(m - alpha[..., None, None] * jnp.eye(d), axis=(-2, -1)) / jnp.linalg.norm(m, axis=(-2, -1))
