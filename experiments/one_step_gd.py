@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from flax import nnx
 
 import icl
 from icl.experiment import (
@@ -44,6 +45,15 @@ def make_task(d: int, noise: float) -> icl.LinearRegressionTask:
     return icl.LinearRegressionTask.isotropic(d, noise)
 
 
+def evaluate(args, task, models, key) -> icl.Comparison:
+    """Every seed's model, GD at eta*, Bayes and least squares on the same fresh prompts."""
+    lsa = {f"lsa_{i}": model for i, model in enumerate(models)}
+    predictors = {**lsa, "gd_optimal": icl.gradient_descent(float(icl.optimal_step_size(task, args.n))),
+                  "bayes": icl.bayes_posterior_mean(task), "ols": icl.least_squares()}
+    return icl.compare_predictors(predictors, task, key, args.n, num_prompts=args.eval_prompts,
+                                  pairs=[(k, "gd_optimal") for k in lsa], cosine_pairs=[])
+
+
 def analyse(args, noise: float, result, key) -> tuple[dict, list]:
     """Read eta off every seed at one noise level, compare with GD at eta* on shared prompts; the claims."""
     d, n = args.d, args.n
@@ -52,11 +62,8 @@ def analyse(args, noise: float, result, key) -> tuple[dict, list]:
     etas = step_sizes(gammas)
     eta_star = float(icl.optimal_step_size(task, n))
     risk_star = float(icl.optimal_risk(task, n))
-    lsa = {f"lsa_{i}": result.model(i) for i in range(result.num_seeds)}
-    predictors = {**lsa, "gd_optimal": icl.gradient_descent(eta_star), "bayes": icl.bayes_posterior_mean(task),
-                  "ols": icl.least_squares()}
-    comparison = icl.compare_predictors(predictors, task, key, n, num_prompts=args.eval_prompts,
-                                        pairs=[(k, "gd_optimal") for k in lsa], cosine_pairs=[])
+    lsa = [f"lsa_{i}" for i in range(result.num_seeds)]
+    comparison = evaluate(args, task, [result.model(i) for i in range(result.num_seeds)], key)
     direct = seed_losses(comparison, list(lsa))
     diffs = np.array([comparison.pairs[(k, "gd_optimal")]["loss_diff"] for k in lsa])
     diff_ses = np.array([comparison.pairs[(k, "gd_optimal")]["loss_diff_se"] for k in lsa])
@@ -105,6 +112,9 @@ def run(args) -> Outcome:
     config = train_config(args)
     model_fn = lambda rngs: icl.LinearTransformer(args.d, 1, init_scale=args.init_scale,  # noqa: E731
                                                   init_diag=args.init_diag, rngs=rngs)
+    # the evaluation compiles in the background while training compiles and runs (shapes are all it needs)
+    template = nnx.eval_shape(lambda: model_fn(nnx.Rngs(0)))
+    icl.compile_ahead(evaluate, args, make_task(args.d, args.noise[0]), [template] * args.seeds, jax.random.key(0))
     trained = train_grid(args, model_fn, lambda noise: make_task(args.d, noise), config, {"noise": args.noise})
     keys = jax.random.split(jax.random.key(args.seed + 10_000), len(trained))
     runs, claims = [], []

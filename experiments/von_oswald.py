@@ -103,12 +103,12 @@ def interpolation_curve(result, eta_star: float, prompts) -> dict:
             "curve_prompts": int(prompts.x.shape[0])}
 
 
-def input_scale_curve(result, gd, args, eta_star: float, key) -> dict:
-    """0.5 * MSE of seed 0's LSA and of GD at eta* with every input scaled by alpha in [0.25, 4] (paired)."""
+def input_scale_curve(model, gd, args, eta_star: float, key) -> dict:
+    """0.5 * MSE of the LSA ``model`` and of GD at eta* with every input scaled by alpha in [0.25, 4] (paired)."""
     d, n, noise = args.d, args.n, args.noise[0]
     alphas = np.geomspace(0.25, 4.0, 13)
     tasks = [icl.UniformLinearTask(d, half_width=args.half_width * a, noise_std=noise) for a in alphas]
-    out = evaluate_across_tasks({"lsa": result.model(0), "gd": gd}, tasks, key, n, num_prompts=args.curve_prompts,
+    out = evaluate_across_tasks({"lsa": model, "gd": gd}, tasks, key, n, num_prompts=args.curve_prompts,
                                 pairs=[("lsa", "gd")])
     (lsa, lsa_se), (gdl, gd_se) = out["loss"]["lsa"], out["loss"]["gd"]
     diff, diff_se = out["loss_diff"][("lsa", "gd")]
@@ -131,6 +131,11 @@ def run(args) -> Outcome:
     config = train_config(args, schedule=args.schedule)
     model_fn = lambda r: icl.LinearTransformer(d, 1, init_scale=args.init_scale, init_diag=args.init_diag,  # noqa
                                                rngs=r)
+    gd = icl.gradient_descent(eta_star)
+    # the two evaluations compile in the background while training compiles and runs (shapes are all they need)
+    template = nnx.eval_shape(lambda: model_fn(nnx.Rngs(0)))
+    icl.compile_ahead(compare_with_reference, template, gd, task, eval_key, n, args.eval_prompts)
+    icl.compile_ahead(input_scale_curve, template, gd, args, eta_star, scale_key)
     result = train_models(args, model_fn, task, config, snapshot_every=-(-args.steps // args.snapshots))
     snaps = result.snapshots
     gammas = gamma_eff(result)
@@ -151,7 +156,7 @@ def run(args) -> Outcome:
     # --- the three metrics along training (every snapshot and seed, on shared prompts) ---
     along = snapshot_metrics(snaps, gd, task.sample(metric_key, args.metric_prompts, n))
     interp = interpolation_curve(result, eta_star, task.sample(curve_key, args.curve_prompts, n))
-    scale = input_scale_curve(result, gd, args, eta_star, scale_key)
+    scale = input_scale_curve(result.model(0), gd, args, eta_star, scale_key)
     conv, report = convergence_claim("LSA", result)
 
     run_record = {

@@ -15,6 +15,7 @@ from icl import _deprecation
 # The public API is the union of these modules' ``__all__`` (one home per kind).
 _MODULES = (
     "icl._pytree",  # pytree_dataclass, static_field: for users' own tasks and predictors
+    "icl._compile",  # compile_ahead
     "icl.tasks",
     "icl.theory",
     "icl.predictors",

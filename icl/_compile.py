@@ -11,16 +11,23 @@ that is usually called once per predictor, so they keep XLA's defaults.
 
 The backend is read at the first call, not at import (reading it initialises JAX). Set the environment variable
 ``ICL_XLA_CPU_YNN=1`` to keep XLA's default fusions (for A/B measurements).
+
+:func:`compile_ahead` compiles a program in a background thread before it is needed (XLA compiles without
+holding Python's GIL, so on a multi-core CPU it overlaps the caller's own compilation and work).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import os
+import threading
 
 import jax
 
 from icl._pytree import is_traced
+
+__all__ = ["compile_ahead"]
 
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
@@ -43,15 +50,74 @@ def jit(fun=None, **jit_kwargs):
         return functools.partial(jit, **jit_kwargs)
     compiled = None
     nested = jax.jit(fun, **jit_kwargs)
+    pending: list[concurrent.futures.Future] = []  # compile_ahead calls that reached this program
+    lock = threading.Lock()
 
     @functools.wraps(fun)
     def wrapper(*args, **kwargs):
         nonlocal compiled
         if is_traced(args, kwargs):
             return nested(*args, **kwargs)
-        if compiled is None:
-            compiled = jax.jit(fun, compiler_options=compiler_options(), **jit_kwargs)
+        with lock:
+            if compiled is None:
+                compiled = jax.jit(fun, compiler_options=compiler_options(), **jit_kwargs)
+        ahead = getattr(_AHEAD, "future", None)
+        if ahead is not None:  # inside compile_ahead: compile (filling JAX's caches), run nothing, stop the call
+            with lock:
+                pending.append(ahead)
+            compiled.lower(*args, **kwargs).compile()
+            raise _CompiledAhead
+        with lock:
+            waiting, pending[:] = list(pending), []
+        concurrent.futures.wait(waiting)  # a compilation already under way finishes sooner than a second one
         return compiled(*args, **kwargs)
 
     wrapper.jitted = lambda: compiled  # the underlying top-level jax.jit object once called (None before)
     return wrapper
+
+
+# ----------------------------------------------------------------------------------------------------
+# Compiling ahead
+
+_AHEAD = threading.local()
+_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="icl-compile-ahead")
+
+
+class _CompiledAhead(Exception):
+    """Stops a call inside :func:`compile_ahead` once its first program is compiled."""
+
+
+def compile_ahead(fn, *args, **kwargs) -> concurrent.futures.Future:
+    """Compile the first icl program that ``fn(*args, **kwargs)`` reaches, in a background thread; run nothing.
+
+    ``fn`` runs (in the background) up to its first call of an icl-compiled program (the training engine,
+    the Monte-Carlo evaluator, a read-off), which is traced and compiled for those arguments and not run;
+    the call stops there. The program lands in JAX's caches, so the later real call with the same shapes
+    and static arguments skips its compilation (and if it comes while the compilation is still under way,
+    it waits for it rather than compiling twice). XLA compiles without holding Python's GIL: on a CPU with
+    an idle core the compilation overlaps the caller's own work, e.g. the headline compiles its evaluation
+    while it compiles and runs training. Only shapes, dtypes and static arguments matter: weights may be
+    abstract (a model from ``nnx.eval_shape``, ``jax.ShapeDtypeStruct`` leaves). Results are unchanged.
+
+    Returns a ``Future``: ``True`` once the program is compiled, ``False`` if ``fn`` returned without
+    reaching one; an exception raised by ``fn`` is kept in the future (the real call raises it again).
+    One background thread serves every call, in order.
+    """
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def work():
+        future.set_running_or_notify_cancel()
+        _AHEAD.future = future
+        try:
+            fn(*args, **kwargs)
+        except _CompiledAhead:
+            future.set_result(True)
+        except BaseException as e:  # noqa: BLE001 - kept for the caller; the real call raises it again
+            future.set_exception(e)
+        else:
+            future.set_result(False)
+        finally:
+            _AHEAD.future = None
+
+    _EXECUTOR.submit(work)
+    return future

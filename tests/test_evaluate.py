@@ -178,6 +178,44 @@ def test_second_compare_predictors_call_with_other_hyperparameters_does_not_comp
     assert first.losses["gd"] != second.losses["gd"]
 
 
+def _compare_small(model, seed=0, pairs=(("lsa", "gd"),)):
+    """A comparison with shapes no other test uses (d=4, n=7, 300 prompts), so its program is compiled here."""
+    return icl.compare_predictors({"lsa": model, "gd": icl.gradient_descent(0.4)},
+                                  icl.LinearRegressionTask.isotropic(4, 0.3), jax.random.key(seed), 7,
+                                  num_prompts=300, chunk_size=150, pairs=pairs, cosine_pairs=[])
+
+
+def test_compile_ahead_with_abstract_weights_leaves_nothing_to_compile_for_the_real_call():
+    """icl.compile_ahead compiles the evaluation from shapes alone (an nnx.eval_shape model) in a background
+    thread; the later call with trained weights compiles nothing and gives the same numbers as a call
+    after an ordinary first compilation."""
+    template = nnx.eval_shape(lambda: icl.LinearTransformer(4, 1, rngs=nnx.Rngs(0)))
+    assert icl.compile_ahead(_compare_small, template).result(timeout=120) is True
+    trained = icl.LinearTransformer(4, 1, rngs=nnx.Rngs(3))
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == COMPILE_EVENT:
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        result = _compare_small(trained)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == [], f"the call after compile_ahead compiled {len(compiles)} programs"
+    again = _compare_small(trained)
+    assert result.losses == again.losses and result.pairs == again.pairs
+
+
+def test_compile_ahead_keeps_the_error_of_a_bad_call_and_reports_a_call_that_compiles_nothing():
+    template = nnx.eval_shape(lambda: icl.LinearTransformer(4, 1, rngs=nnx.Rngs(0)))
+    bad = icl.compile_ahead(_compare_small, template, pairs=[("lsa", "nope")])
+    with pytest.raises(ValueError, match="nope"):
+        bad.result(timeout=120)
+    assert icl.compile_ahead(lambda: 1).result(timeout=120) is False
+
+
 # ------------------------------------------------------------------------------------------ honest outputs
 
 
