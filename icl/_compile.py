@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import heapq
+import itertools
 import os
 import threading
+import time
 
 import jax
 
@@ -64,7 +67,8 @@ def jit(fun=None, **jit_kwargs):
         ahead = getattr(_AHEAD, "future", None)
         if ahead is not None:  # inside compile_ahead: compile (filling JAX's caches), run nothing, stop the call
             with lock:
-                pending.append(ahead)
+                if ahead not in pending:
+                    pending.append(ahead)
             compiled.lower(*args, **kwargs).compile()
             raise _CompiledAhead
         with lock:
@@ -72,7 +76,12 @@ def jit(fun=None, **jit_kwargs):
         concurrent.futures.wait(waiting)  # a compilation already under way finishes sooner than a second one
         return compiled(*args, **kwargs)
 
+    def expect(future):  # a compile_ahead call that will reach this program: a real call waits for it
+        with lock:
+            pending.append(future)
+
     wrapper.jitted = lambda: compiled  # the underlying top-level jax.jit object once called (None before)
+    wrapper.expect = expect
     return wrapper
 
 
@@ -81,6 +90,12 @@ def jit(fun=None, **jit_kwargs):
 
 _AHEAD = threading.local()
 _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="icl-compile-ahead")
+_QUEUE: list = []  # heap of (priority, order, submitted, work): the most urgent queued work runs first
+_QUEUE_LOCK = threading.Lock()
+_ORDER = itertools.count()
+URGENT, LATER = 0, 1
+_GRACE_S = 0.3  # a LATER request waits this long for URGENT ones made just after it (a script's evaluation
+# queued just before its training, whose first chunk is needed sooner)
 
 
 class _CompiledAhead(Exception):
@@ -98,18 +113,32 @@ def compile_ahead(fn, *args, **kwargs) -> concurrent.futures.Future:
     an idle core the compilation overlaps the caller's own work, e.g. the headline compiles its evaluation
     while it compiles and runs training. Only shapes, dtypes and static arguments matter: weights may be
     abstract (a model from ``nnx.eval_shape``, ``jax.ShapeDtypeStruct`` leaves). Results are unchanged.
+    The caller's 64-bit setting (``jax.enable_x64``, thread-local) carries over to the background thread.
 
     Returns a ``Future``: ``True`` once the program is compiled, ``False`` if ``fn`` returned without
     reaching one; an exception raised by ``fn`` is kept in the future (the real call raises it again).
-    One background thread serves every call, in order.
+    One background thread serves the calls in order, except that :func:`icl.train` and
+    :func:`icl.sweeps.sweep` put their optimiser set-up and first training chunk (needed as soon as their runs
+    are initialised) ahead of calls made here; a call made here starts at the earliest 0.3 s after it was
+    made, so that a training started just after it goes first.
     """
+    return _compile_ahead(fn, args, kwargs, LATER)
+
+
+def _compile_ahead(fn, args, kwargs, priority: int, target=None) -> concurrent.futures.Future:
+    """:func:`compile_ahead` at ``priority``; ``target``: the icl-compiled function ``fn`` reaches, whose real
+    calls then wait for this compilation from the start (not only once the background thread gets there)."""
     future: concurrent.futures.Future = concurrent.futures.Future()
+    if target is not None:
+        target.expect(future)
+    x64 = bool(jax.config.jax_enable_x64)  # the caller's setting (jax.enable_x64 is thread-local)
 
     def work():
         future.set_running_or_notify_cancel()
         _AHEAD.future = future
         try:
-            fn(*args, **kwargs)
+            with jax.enable_x64(x64):
+                fn(*args, **kwargs)
         except _CompiledAhead:
             future.set_result(True)
         except BaseException as e:  # noqa: BLE001 - kept for the caller; the real call raises it again
@@ -119,5 +148,19 @@ def compile_ahead(fn, *args, **kwargs) -> concurrent.futures.Future:
         finally:
             _AHEAD.future = None
 
-    _EXECUTOR.submit(work)
+    with _QUEUE_LOCK:
+        heapq.heappush(_QUEUE, (priority, next(_ORDER), time.monotonic(), work))
+    _EXECUTOR.submit(_run_next)
     return future
+
+
+def _run_next():
+    while True:
+        with _QUEUE_LOCK:
+            priority, _, submitted, work = _QUEUE[0]
+            wait = submitted + _GRACE_S - time.monotonic() if priority != URGENT else 0.0
+            if wait <= 0:
+                heapq.heappop(_QUEUE)
+                break
+        time.sleep(wait)
+    work()

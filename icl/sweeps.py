@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from icl.training import TrainConfig, TrainResult, _check_task, _model_spec, _run
+from icl.training import (TrainConfig, TrainResult, _abstract_keys, _check_task, _compile_chunk_ahead, _first_chunk,
+                          _model_spec, _run, _task_arg)
 
 __all__ = ["sweep", "SweepResult", "grid_points", "run_sharding", "check_grid_keys"]
 
@@ -156,8 +157,24 @@ def _train_group(points, configs, model_fn, task_fn, devices, loss_fn):
     structures = {jax.tree.structure(t) for t in tasks}
     if len(structures) != 1:
         raise ValueError("task_fn must return tasks with one pytree structure for points that share n/batch/steps")
+    num_runs = len(points) * seeds
+    num_devices = len(jax.devices() if devices is None else devices)
+    padded = -(-num_runs // num_devices) * num_devices
+    pad = [num_runs - 1] * (padded - num_runs)  # repeat the last run to fill every device; dropped below
+    order = list(range(num_runs)) + pad
+    stack = lambda items: jax.tree.map(lambda *xs: jnp.stack(xs), *[items[j] for j in order])  # noqa: E731
+    shared_task = len(points) == 1
+    sharding = run_sharding(padded, devices)
+    run_lrs = [c.lr for c in configs for _ in range(seeds)]
+    lrs = jnp.asarray([run_lrs[j] for j in order])
+    # compile the first training chunk while the runs initialise op by op below
+    template = nnx.eval_shape(lambda: _call_with(model_fn, points[0], nnx.Rngs(0)))
+    run_tasks = [task for task in tasks for _ in range(seeds)]
+    _compile_chunk_ahead(nnx.graphdef(template), nnx.state(template), lrs, _abstract_keys(padded),
+                         _task_arg(tasks[0]) if shared_task else jax.eval_shape(lambda: stack(run_tasks)),
+                         not shared_task, configs[0], loss_fn, sharding, _first_chunk(configs[0], 0, False))
     graphdef = model_spec = None
-    params, keys, lrs, run_tasks = [], [], [], []
+    params, keys = [], []
     for p, c, task in zip(points, configs, tasks):
         for i in range(seeds):
             key = jax.random.fold_in(jax.random.key(c.seed), i)
@@ -166,18 +183,9 @@ def _train_group(points, configs, model_fn, task_fn, devices, loss_fn):
             model_spec = _model_spec(model)
             params.append(state)
             keys.append(key)
-            lrs.append(c.lr)
-            run_tasks.append(task)
-    num_runs = len(params)
-    num_devices = len(jax.devices() if devices is None else devices)
-    padded = -(-num_runs // num_devices) * num_devices
-    pad = [num_runs - 1] * (padded - num_runs)  # repeat the last run to fill every device; dropped below
-    order = list(range(num_runs)) + pad
-    stack = lambda items: jax.tree.map(lambda *xs: jnp.stack(xs), *[items[j] for j in order])  # noqa: E731
-    shared_task = len(points) == 1
     task_arg = tasks[0] if shared_task else stack(run_tasks)
-    out = _run(graphdef, stack(params), jnp.asarray([lrs[j] for j in order]), jnp.stack([keys[j] for j in order]),
-               task_arg, not shared_task, configs[0], loss_fn, start=t0, sharding=run_sharding(padded, devices))
+    out = _run(graphdef, stack(params), lrs, jnp.stack([keys[j] for j in order]),
+               task_arg, not shared_task, configs[0], loss_fn, start=t0, sharding=sharding)
     seconds = time.perf_counter() - t0
     results = []
     for k, c in enumerate(configs):

@@ -457,8 +457,12 @@ def train(
         raise ValueError("resume=True needs checkpoint_dir")
     _check_task(task, config)
     model = nnx.eval_shape(lambda: model_fn(nnx.Rngs(0)))  # structure only: nothing is computed or compiled
-    graphdef, _ = nnx.split(model)
+    graphdef, abstract_state = nnx.split(model)
     model_spec = _model_spec(model)
+    if not resume:  # compile while the runs initialise
+        _compile_chunk_ahead(graphdef, abstract_state, jax.eval_shape(lambda: jnp.full((config.num_seeds,), config.lr)),
+                             _abstract_keys(config.num_seeds), _task_arg(task), False, config, loss_fn, None,
+                             _first_chunk(config, snapshot_every, checkpoint_dir is not None))
     run_keys, params = _init_runs(model_fn, config.num_seeds, config.seed)
     lrs = jnp.full((config.num_seeds,), config.lr)
     state = None
@@ -564,15 +568,13 @@ def _run(graphdef, params, lrs, run_keys, task, task_batched: bool, config: Trai
         history.append(np.asarray(state["losses"]))
     else:
         opt_state = fresh_state
-    task_arg = task if is_pytree(task) else _Opaque(task)
+    task_arg = _task_arg(task)
     if sharding is not None:
         params, opt_state, step_keys, lrs, end_keys = jax.device_put((params, opt_state, step_keys, lrs, end_keys),
                                                                      sharding)
         if task_batched:
             task_arg = jax.device_put(task_arg, sharding)
-    static = dict(graphdef=graphdef, loss_fn=loss_fn, batch=config.batch, n=config.n, task_batched=task_batched,
-                  transform=_transform_key(config),
-                  spec=(config.loss, float(config.nll_beta), config.curriculum))
+    static = _chunk_static(graphdef, config, loss_fn, task_batched)
     chunk = _chunk_length(config, snapshot_every, writer is not None)
     snaps, snap_steps = ([params], [done]) if snapshot_every else (None, None)
     final = None
@@ -581,7 +583,7 @@ def _run(graphdef, params, lrs, run_keys, task, task_batched: bool, config: Trai
         last = end == config.steps
         save = writer is not None and (last or (bool(config.checkpoint_every) and end % config.checkpoint_every == 0))
         measure = last or save  # a checkpoint stores the final loss of its parameters
-        steps = np.arange(done, end, dtype=jax.dtypes.canonicalize_dtype(np.int64))  # numpy: no eager compiles
+        steps = np.arange(done, end, dtype=_STEP_DTYPE())  # numpy: no eager compiles
         params, opt_state, losses, ok, chunk_final = _train_chunk(
             params, opt_state, step_keys[:, done:end], steps, lrs, end_keys, task_arg,
             np.bool_(measure), **static)
@@ -608,6 +610,58 @@ def _run(graphdef, params, lrs, run_keys, task, task_batched: bool, config: Trai
         snapshots = Snapshots(np.asarray(snap_steps), jax.tree.map(lambda *xs: jnp.stack(xs), *snaps), graphdef)
     return {"params": params, "opt_state": opt_state, "losses": losses,
             "final_losses": None if final is None else np.asarray(final), "snapshots": snapshots}
+
+
+def _task_arg(task):
+    return task if is_pytree(task) else _Opaque(task)
+
+
+def _chunk_static(graphdef, config: TrainConfig, loss_fn, task_batched: bool) -> dict:
+    """The static arguments of :func:`_train_chunk` (the compiled program's key besides shapes)."""
+    return dict(graphdef=graphdef, loss_fn=loss_fn, batch=config.batch, n=config.n, task_batched=task_batched,
+                transform=_transform_key(config), spec=(config.loss, float(config.nll_beta), config.curriculum))
+
+
+def _compile_chunk_ahead(graphdef, state, lrs, run_keys, task_arg, task_batched: bool, config: TrainConfig, loss_fn,
+                         sharding, chunk: int):
+    """Compile the optimiser set-up and the first training chunk in the background from shapes alone
+    (:func:`icl.compile_ahead`) while the caller initialises its runs op by op, so that :func:`_run` finds
+    both compiled. ``state``: one run's parameters; ``lrs``, ``run_keys``: ``[P]``; ``task_arg``: as
+    :func:`_run` passes it to the chunk (stacked along the run axis when ``task_batched``); all may be abstract.
+    """
+    num_runs = lrs.shape[0]
+
+    def placed(tree, lead=(), where=sharding):  # abstract values as _run places them (sharded: after _prepare)
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct((*lead, *a.shape), a.dtype, sharding=where,
+                                                           weak_type=getattr(a, "weak_type", False)), tree)
+
+    inputs = placed(state, (num_runs,), None), placed(lrs, (), None), placed(run_keys, (), None)
+    params, lrs, run_keys = placed(inputs)
+    if sharding is not None and task_batched:
+        task_arg = placed(task_arg)
+    transform = _transform_key(config)
+
+    def first_chunk():
+        opt_state, step_keys, end_keys = jax.eval_shape(lambda *a: _prepare(*a, transform=transform), *inputs)
+        keys = jax.ShapeDtypeStruct((chunk,), step_keys.dtype)
+        _train_chunk(params, placed(opt_state), placed(keys, (num_runs,)), np.zeros(chunk, _STEP_DTYPE()), lrs,
+                     placed(end_keys), task_arg, np.bool_(False), **_chunk_static(graphdef, config, loss_fn,
+                                                                                   task_batched))
+
+    _compile._compile_ahead(_prepare, inputs, dict(transform=transform), _compile.URGENT, target=_prepare)
+    _compile._compile_ahead(first_chunk, (), {}, _compile.URGENT, target=_train_chunk)
+
+
+def _abstract_keys(num: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((num,), jax.eval_shape(lambda: jax.random.key(0)).dtype)
+
+
+def _first_chunk(config: TrainConfig, snapshot_every: int, checkpointing: bool) -> int:
+    return min(_chunk_length(config, snapshot_every, checkpointing), config.steps)
+
+
+def _STEP_DTYPE():
+    return jax.dtypes.canonicalize_dtype(np.int64)
 
 
 @_compile.jit(static_argnames=("transform",))

@@ -80,7 +80,16 @@ SHARDED_SCRIPT = textwrap.dedent(
         config = icl.TrainConfig(steps=25, batch=32, n=6, lr=1e-2, num_seeds=2)
         grid = {"noise": [0.0, 0.5, 1.0]}   # 6 runs, padded to 8 over 4 devices
         task_fn = lambda noise: icl.LinearRegressionTask.isotropic(3, noise)
+        import threading
+        seen = {}  # the sharded run finds its set-up and chunk compiled ahead (icl.compile_ahead's thread)
+        def listener(event, duration, fun_name=None, **kwargs):
+            if event == "/jax/core/compile/backend_compile_duration":
+                seen.setdefault(fun_name, set()).add(threading.current_thread().name.split("_")[0])
+        jax.monitoring.register_event_duration_secs_listener(listener)
         sharded = sweep(model, task_fn, config, grid)
+        jax.monitoring.unregister_event_duration_listener(listener)
+        for program in ("jit(_prepare)", "jit(_train_chunk)"):
+            assert seen[program] == {"icl-compile-ahead"}, (program, seen[program])
         single = sweep(model, task_fn, config, grid, devices=jax.devices()[:1])
         for a, b in zip(sharded.results, single.results):
             assert a.losses.dtype == np.float64
