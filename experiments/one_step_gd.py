@@ -30,7 +30,6 @@ from icl.experiment import (
     train_config,
     train_grid,
 )
-from icl.plotting import plot_one_step_gd
 
 # --- configuration -------------------------------------------------------------------------------------------
 FLAGS = dict(d=5, n=10, noise=[0.0, 0.5, 1.0], steps=500, batch=512, seeds=4, lr=1e-2, seed=0, init_scale=0.01,
@@ -129,7 +128,13 @@ def run(args) -> Outcome:
               f"OLS {r['loss']['ols']:.4f})")
     sigma = np.linspace(0, max(max(args.noise), 1.0) * 1.1, 100)
     eta_curve = (sigma, args.n / (args.n + args.d + 1 + sigma**2))
-    return Outcome(claims, runs, {"one_step_gd.png": lambda: plot_one_step_gd(runs, eta_curve, args.d, args.n)})
+    return Outcome(claims, runs, {"one_step_gd.png": lambda: plot(runs, eta_curve, args.d, args.n)})
+
+
+def plot(*args):
+    from icl.plotting import plot_one_step_gd
+
+    return plot_one_step_gd(*args)
 
 
 SPEC = Experiment("one_step_gd", __doc__.splitlines()[0], FLAGS, run, quick=QUICK)

@@ -22,10 +22,12 @@ the weights), :func:`final_train_loss`, :func:`convergence_claim` (is training f
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,6 +312,9 @@ def run_experiment(spec: Experiment, argv: Sequence[str] | None = None) -> dict:
     args = spec.parse(argv)
     start = time.perf_counter()
     cache = enable_compilation_cache(args.compilation_cache)
+    # matplotlib loads (about 0.5 s) while the experiment compiles and trains; the figures import it again,
+    # which waits for this import if it is still under way
+    threading.Thread(target=importlib.import_module, args=("icl.plotting",), name="icl-import-plotting").start()
     import icl
 
     try:

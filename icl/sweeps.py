@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from icl.training import (TrainConfig, TrainResult, _abstract_keys, _check_task, _compile_chunk_ahead, _first_chunk,
-                          _model_spec, _run, _task_arg)
+                          _model_spec, _run, _stack, _task_arg)
 
 __all__ = ["sweep", "SweepResult", "grid_points", "run_sharding", "check_grid_keys"]
 
@@ -162,7 +162,8 @@ def _train_group(points, configs, model_fn, task_fn, devices, loss_fn):
     padded = -(-num_runs // num_devices) * num_devices
     pad = [num_runs - 1] * (padded - num_runs)  # repeat the last run to fill every device; dropped below
     order = list(range(num_runs)) + pad
-    stack = lambda items: jax.tree.map(lambda *xs: jnp.stack(xs), *[items[j] for j in order])  # noqa: E731
+    stack = lambda items: _stack([items[j] for j in order])  # noqa: E731
+    stack_tasks = lambda items: jax.tree.map(lambda *xs: jnp.stack(xs), *[items[j] for j in order])  # noqa: E731
     shared_task = len(points) == 1
     sharding = run_sharding(padded, devices)
     run_lrs = [c.lr for c in configs for _ in range(seeds)]
@@ -171,7 +172,7 @@ def _train_group(points, configs, model_fn, task_fn, devices, loss_fn):
     template = nnx.eval_shape(lambda: _call_with(model_fn, points[0], nnx.Rngs(0)))
     run_tasks = [task for task in tasks for _ in range(seeds)]
     _compile_chunk_ahead(nnx.graphdef(template), nnx.state(template), lrs, _abstract_keys(padded),
-                         _task_arg(tasks[0]) if shared_task else jax.eval_shape(lambda: stack(run_tasks)),
+                         _task_arg(tasks[0]) if shared_task else jax.eval_shape(lambda: stack_tasks(run_tasks)),
                          not shared_task, configs[0], loss_fn, sharding, _first_chunk(configs[0], 0, False))
     graphdef = model_spec = None
     params, keys = [], []
@@ -183,7 +184,7 @@ def _train_group(points, configs, model_fn, task_fn, devices, loss_fn):
             model_spec = _model_spec(model)
             params.append(state)
             keys.append(key)
-    task_arg = tasks[0] if shared_task else stack(run_tasks)
+    task_arg = tasks[0] if shared_task else stack_tasks(run_tasks)  # leaves may be Python floats
     out = _run(graphdef, stack(params), lrs, jnp.stack([keys[j] for j in order]),
                task_arg, not shared_task, configs[0], loss_fn, start=t0, sharding=sharding)
     seconds = time.perf_counter() - t0
