@@ -18,6 +18,7 @@ holding Python's GIL, so on a multi-core CPU it overlaps the caller's own compil
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import functools
 import heapq
@@ -90,7 +91,7 @@ def jit(fun=None, **jit_kwargs):
 
 _AHEAD = threading.local()
 _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="icl-compile-ahead")
-_QUEUE: list = []  # heap of (priority, order, submitted, work): the most urgent queued work runs first
+_QUEUE: list = []  # heap of (priority, order, submitted, future, work): the most urgent queued work runs first
 _QUEUE_LOCK = threading.Lock()
 _ORDER = itertools.count()
 URGENT, LATER = 0, 1
@@ -120,7 +121,8 @@ def compile_ahead(fn, *args, **kwargs) -> concurrent.futures.Future:
     One background thread serves the calls in order, except that :func:`icl.train` and
     :func:`icl.sweeps.sweep` put their optimiser set-up and first training chunk (needed as soon as their runs
     are initialised) ahead of calls made here; a call made here starts at the earliest 0.3 s after it was
-    made, so that a training started just after it goes first.
+    made, so that a training started just after it goes first. At interpreter exit, calls not yet started
+    are dropped (their futures cancelled).
     """
     return _compile_ahead(fn, args, kwargs, LATER)
 
@@ -134,7 +136,8 @@ def _compile_ahead(fn, args, kwargs, priority: int, target=None) -> concurrent.f
     x64 = bool(jax.config.jax_enable_x64)  # the caller's setting (jax.enable_x64 is thread-local)
 
     def work():
-        future.set_running_or_notify_cancel()
+        if not future.set_running_or_notify_cancel():  # cancelled while queued
+            return
         _AHEAD.future = future
         try:
             with jax.enable_x64(x64):
@@ -149,7 +152,7 @@ def _compile_ahead(fn, args, kwargs, priority: int, target=None) -> concurrent.f
             _AHEAD.future = None
 
     with _QUEUE_LOCK:
-        heapq.heappush(_QUEUE, (priority, next(_ORDER), time.monotonic(), work))
+        heapq.heappush(_QUEUE, (priority, next(_ORDER), time.monotonic(), future, work))
     _EXECUTOR.submit(_run_next)
     return future
 
@@ -157,10 +160,25 @@ def _compile_ahead(fn, args, kwargs, priority: int, target=None) -> concurrent.f
 def _run_next():
     while True:
         with _QUEUE_LOCK:
-            priority, _, submitted, work = _QUEUE[0]
+            if not _QUEUE:  # dropped at exit
+                return
+            priority, _, submitted, _, work = _QUEUE[0]
             wait = submitted + _GRACE_S - time.monotonic() if priority != URGENT else 0.0
             if wait <= 0:
                 heapq.heappop(_QUEUE)
                 break
         time.sleep(wait)
     work()
+
+
+def _drop_queued():
+    """At interpreter exit, compilations not yet started are dropped (their futures cancelled): the process
+    waits for the one under way only."""
+    with _QUEUE_LOCK:
+        dropped, _QUEUE[:] = list(_QUEUE), []
+    for item in dropped:
+        item[3].cancel()
+
+
+# threading's exit hooks run before the executor joins its thread (atexit's would run after)
+getattr(threading, "_register_atexit", atexit.register)(_drop_queued)

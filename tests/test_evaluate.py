@@ -216,6 +216,19 @@ def test_compile_ahead_keeps_the_error_of_a_bad_call_and_reports_a_call_that_com
     assert icl.compile_ahead(lambda: 1).result(timeout=120) is False
 
 
+def test_process_exit_drops_queued_compile_ahead_work_and_waits_only_for_the_running_one():
+    """compile_ahead's queue is dropped at interpreter exit: a script that ends (or fails) with compilations
+    queued exits after the one under way (here a 1 s call), not after every queued one (a 60 s call)."""
+    import subprocess
+    import sys
+    import time
+
+    code = "import time, icl; icl.compile_ahead(time.sleep, 1.0); icl.compile_ahead(time.sleep, 60.0); time.sleep(0.5)"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=50)
+    assert time.perf_counter() - start < 50
+
+
 # ------------------------------------------------------------------------------------------ honest outputs
 
 
