@@ -63,7 +63,7 @@ def analyse(args, noise: float, result, key) -> tuple[dict, list]:
     risk_star = float(icl.optimal_risk(task, n))
     lsa = [f"lsa_{i}" for i in range(result.num_seeds)]
     comparison = evaluate(args, task, [result.model(i) for i in range(result.num_seeds)], key)
-    direct = seed_losses(comparison, list(lsa))
+    direct = seed_losses(comparison, lsa)
     diffs = np.array([comparison.pairs[(k, "gd_optimal")]["loss_diff"] for k in lsa])
     diff_ses = np.array([comparison.pairs[(k, "gd_optimal")]["loss_diff_se"] for k in lsa])
     gd_loss, gd_se = comparison.losses["gd_optimal"]

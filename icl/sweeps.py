@@ -185,8 +185,8 @@ def _train_group(points, configs, model_fn, task_fn, devices, loss_fn):
             params.append(state)
             keys.append(key)
     task_arg = tasks[0] if shared_task else stack_tasks(run_tasks)  # leaves may be Python floats
-    out = _run(graphdef, stack(params), lrs, jnp.stack([keys[j] for j in order]),
-               task_arg, not shared_task, configs[0], loss_fn, start=t0, sharding=sharding)
+    out = _run(graphdef, stack(params), lrs, stack(keys), task_arg, not shared_task, configs[0], loss_fn, start=t0,
+               sharding=sharding)
     seconds = time.perf_counter() - t0
     results = []
     for k, c in enumerate(configs):

@@ -459,12 +459,11 @@ def train(
     model = nnx.eval_shape(lambda: model_fn(nnx.Rngs(0)))  # structure only: nothing is computed or compiled
     graphdef, abstract_state = nnx.split(model)
     model_spec = _model_spec(model)
-    if not resume:  # compile while the runs initialise
-        _compile_chunk_ahead(graphdef, abstract_state, jax.eval_shape(lambda: jnp.full((config.num_seeds,), config.lr)),
-                             _abstract_keys(config.num_seeds), _task_arg(task), False, config, loss_fn, None,
-                             _first_chunk(config, snapshot_every, checkpoint_dir is not None))
-    run_keys, params = _init_runs(model_fn, config.num_seeds, config.seed)
     lrs = jnp.full((config.num_seeds,), config.lr)
+    if not resume:  # compile while the runs initialise
+        _compile_chunk_ahead(graphdef, abstract_state, lrs, _abstract_keys(config.num_seeds), _task_arg(task), False,
+                             config, loss_fn, None, _first_chunk(config, snapshot_every, checkpoint_dir is not None))
+    run_keys, params = _init_runs(model_fn, config.num_seeds, config.seed)
     state = None
     writer = None
     if checkpoint_dir is not None:
@@ -583,7 +582,7 @@ def _run(graphdef, params, lrs, run_keys, task, task_batched: bool, config: Trai
         last = end == config.steps
         save = writer is not None and (last or (bool(config.checkpoint_every) and end % config.checkpoint_every == 0))
         measure = last or save  # a checkpoint stores the final loss of its parameters
-        steps = np.arange(done, end, dtype=_STEP_DTYPE())  # numpy: no eager compiles
+        steps = np.arange(done, end, dtype=_step_dtype())  # numpy: no eager compiles
         params, opt_state, losses, ok, chunk_final = _train_chunk(
             params, opt_state, step_keys[:, done:end], steps, lrs, end_keys, task_arg,
             np.bool_(measure), **static)
@@ -657,7 +656,7 @@ def _compile_chunk_ahead(graphdef, state, lrs, run_keys, task_arg, task_batched:
     def first_chunk():
         opt_state, step_keys, end_keys = jax.eval_shape(lambda *a: _prepare(*a, transform=transform), *inputs)
         keys = jax.ShapeDtypeStruct((chunk,), step_keys.dtype)
-        _train_chunk(params, placed(opt_state), placed(keys, (num_runs,)), np.zeros(chunk, _STEP_DTYPE()), lrs,
+        _train_chunk(params, placed(opt_state), placed(keys, (num_runs,)), np.zeros(chunk, _step_dtype()), lrs,
                      placed(end_keys), task_arg, np.bool_(False), **_chunk_static(graphdef, config, loss_fn,
                                                                                    task_batched))
 
@@ -673,7 +672,7 @@ def _first_chunk(config: TrainConfig, snapshot_every: int, checkpointing: bool) 
     return min(_chunk_length(config, snapshot_every, checkpointing), config.steps)
 
 
-def _STEP_DTYPE():
+def _step_dtype():
     return jax.dtypes.canonicalize_dtype(np.int64)
 
 

@@ -40,6 +40,27 @@ def assert_within_se(measured: float, se: float, theory: float, k: float = NUM_S
     assert gap <= k * float(se), f"{what} |{measured:.6g} - {theory:.6g}| = {gap:.3g} > {k:g} SE ({se:.3g})"
 
 
+def compiling_threads(run) -> tuple:
+    """``(run(), {program name: {threads that compiled it}})`` for every XLA compilation while ``run()`` runs
+    (thread names without their index: ``MainThread`` or ``icl-compile-ahead``; ``{}`` when nothing compiled)."""
+    import threading
+
+    import jax
+
+    seen: dict[str, set[str]] = {}
+
+    def listener(event, duration, fun_name=None, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            seen.setdefault(fun_name, set()).add(threading.current_thread().name.split("_")[0])
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        result = run()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return result, seen
+
+
 @contextlib.contextmanager
 def x64():
     """Run a block with 64-bit JAX arrays (``jax.enable_x64`` as a context manager)."""

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import icl
-from helpers import assert_within_se, rel_err, x64
+from helpers import assert_within_se, compiling_threads, rel_err, x64
 
 rel = rel_err
 
@@ -150,17 +150,8 @@ def test_prediction_gap_is_absolute_difference():
 
 # ------------------------------------------------------------------------------------------ compile once
 
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
-
 def test_second_compare_predictors_call_with_other_hyperparameters_does_not_compile_again():
     """Issue 8/13: predictors are pytree arguments of one module-level jit (counted, not timed)."""
-    compiles = []
-
-    def listener(event, duration, **kwargs):
-        if event == COMPILE_EVENT:
-            compiles.append(duration)
-
     def run(eta, lam, noise, seed):
         model = icl.LinearTransformer(3, 1, rngs=nnx.Rngs(seed))
         predictors = {"gd": icl.gradient_descent(eta), "ridge": icl.ridge(lam), "lsa": model}
@@ -169,12 +160,8 @@ def test_second_compare_predictors_call_with_other_hyperparameters_does_not_comp
                                       pairs=[("gd", "ridge")], cosine_pairs=[])
 
     first = run(0.3, 0.5, 0.1, 0)
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        second = run(0.7, 2.0, 0.6, 1)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    assert compiles == [], f"the second call compiled {len(compiles)} programs"
+    second, compiles = compiling_threads(lambda: run(0.7, 2.0, 0.6, 1))
+    assert compiles == {}, f"the second call compiled {compiles}"
     assert first.losses["gd"] != second.losses["gd"]
 
 
@@ -192,18 +179,8 @@ def test_compile_ahead_with_abstract_weights_leaves_nothing_to_compile_for_the_r
     template = nnx.eval_shape(lambda: icl.LinearTransformer(4, 1, rngs=nnx.Rngs(0)))
     assert icl.compile_ahead(_compare_small, template).result(timeout=120) is True
     trained = icl.LinearTransformer(4, 1, rngs=nnx.Rngs(3))
-    compiles = []
-
-    def listener(event, duration, **kwargs):
-        if event == COMPILE_EVENT:
-            compiles.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        result = _compare_small(trained)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    assert compiles == [], f"the call after compile_ahead compiled {len(compiles)} programs"
+    result, compiles = compiling_threads(lambda: _compare_small(trained))
+    assert compiles == {}, f"the call after compile_ahead compiled {compiles}"
     again = _compare_small(trained)
     assert result.losses == again.losses and result.pairs == again.pairs
 

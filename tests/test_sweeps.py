@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,14 +81,9 @@ SHARDED_SCRIPT = textwrap.dedent(
         config = icl.TrainConfig(steps=25, batch=32, n=6, lr=1e-2, num_seeds=2)
         grid = {"noise": [0.0, 0.5, 1.0]}   # 6 runs, padded to 8 over 4 devices
         task_fn = lambda noise: icl.LinearRegressionTask.isotropic(3, noise)
-        import threading
-        seen = {}  # the sharded run finds its set-up and chunk compiled ahead (icl.compile_ahead's thread)
-        def listener(event, duration, fun_name=None, **kwargs):
-            if event == "/jax/core/compile/backend_compile_duration":
-                seen.setdefault(fun_name, set()).add(threading.current_thread().name.split("_")[0])
-        jax.monitoring.register_event_duration_secs_listener(listener)
-        sharded = sweep(model, task_fn, config, grid)
-        jax.monitoring.unregister_event_duration_listener(listener)
+        from helpers import compiling_threads
+        # the sharded run finds its set-up and chunk compiled ahead (icl.compile_ahead's thread)
+        sharded, seen = compiling_threads(lambda: sweep(model, task_fn, config, grid))
         for program in ("jit(_prepare)", "jit(_train_chunk)"):
             assert seen[program] == {"icl-compile-ahead"}, (program, seen[program])
         single = sweep(model, task_fn, config, grid, devices=jax.devices()[:1])
@@ -106,6 +102,7 @@ def test_sharded_sweep_over_four_cpu_devices_equals_unsharded_in_float64():
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     import os
 
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])  # helpers
     out = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env={**os.environ, **env}, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -3,6 +3,7 @@ output-shape checks, divergence (also at the last step), config validation, conv
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import jax
@@ -12,7 +13,7 @@ import pytest
 from flax import nnx
 
 import icl
-from helpers import EXACT_F64, assert_close, x64
+from helpers import EXACT_F64, assert_close, compiling_threads, x64
 
 
 def lsa(d, init_scale=0.01):
@@ -174,26 +175,8 @@ def truncated(p, k):
     return icl.Prompts(x=p.x[:, : k - 1], y=p.y[:, : k - 1], x_query=p.x[:, k - 1], y_query=p.y[:, k - 1], w=p.w)
 
 
-def compiling_threads(run) -> dict[str, set[str]]:
-    """``{program name: {threads that compiled it}}`` while ``run()`` runs (icl.compile_ahead's thread or main)."""
-    import threading
-
-    seen: dict[str, set[str]] = {}
-
-    def listener(event, duration, fun_name=None, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            seen.setdefault(fun_name, set()).add(threading.current_thread().name.split("_")[0])
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        run()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    return seen
-
-
-@pytest.mark.parametrize("how", ["train", "sweep", "train_x64"])
-def test_training_chunk_compiles_in_the_background_while_the_runs_initialise(how):
+@pytest.mark.parametrize("how,use_x64", [("train", False), ("sweep", False), ("train", True)])
+def test_training_chunk_compiles_in_the_background_while_the_runs_initialise(how, use_x64):
     """train and sweep queue their optimiser set-up and first chunk on icl.compile_ahead's thread from shapes
     alone; the run then finds both compiled (the main thread compiles neither), also under jax.enable_x64."""
     config = icl.TrainConfig(steps=6, batch=9, n=5, num_seeds=2, lr=1e-2)  # shapes no other test uses
@@ -201,13 +184,9 @@ def test_training_chunk_compiles_in_the_background_while_the_runs_initialise(how
         "train": lambda: icl.train(lsa(3), icl.LinearRegressionTask.isotropic(3, 0.1), config),
         "sweep": lambda: icl.sweeps.sweep(lsa(3), lambda noise: icl.LinearRegressionTask.isotropic(3, noise),
                                           config, {"noise": [0.0, 0.5]}),
-        "train_x64": lambda: icl.train(lsa(3), icl.LinearRegressionTask.isotropic(3, 0.1), config),
     }
-    if how == "train_x64":
-        with x64():
-            seen = compiling_threads(runs[how])
-    else:
-        seen = compiling_threads(runs[how])
+    with x64() if use_x64 else contextlib.nullcontext():
+        _, seen = compiling_threads(runs[how])
     for program in ("jit(_prepare)", "jit(_train_chunk)"):
         assert seen.get(program) == {"icl-compile-ahead"}, f"{program} compiled by {seen.get(program)}"
 
