@@ -7,7 +7,7 @@ linear regression, the same with label noise, and s-sparse linear regression. Th
 are drawn against Bayes (the posterior mean; ridge with lambda = sigma^2 for the noisy task), least squares
 (minimum norm), averaging, 3-nearest neighbours, Nadaraya-Watson, one GD step and LASSO (sparse task).
 
-Claims (issue 10), measured gaps reported in each claim's detail:
+Claims, measured gaps reported in each claim's detail:
 - dense noiseless: max over 2 <= k <= n of |err_transformer(k) - err_Bayes(k)| <= 0.1, and at k = 2d the
   transformer's error is <= 0.1 and at most a third of averaging's and of 3-NN's;
 - noisy: |err_transformer(k) - err_Bayes(k)| <= 0.1 at every 2 <= k <= n;
@@ -55,7 +55,7 @@ OWN = dict(layers=4, width=64, heads=4, noise_std=0.5, sparsity=1, lsa_steps=500
 QUICK = dict(width=32, steps=6500, eval_prompts=2000, lsa_steps=300)
 PAPER = dict(d=20, n=40, steps=500_000, batch=64, lr=1e-4, layers=12, width=256, heads=8, curriculum=True,
              eval_prompts=10_000)
-BAYES_GAP = 0.1  # normalised error, dense and noisy tasks (issue 10)
+BAYES_GAP = 0.1  # normalised error, dense and noisy tasks
 AT_2D = 0.1  # transformer's normalised error at k = 2d
 RATIO_2D = 1 / 3  # transformer at k = 2d vs averaging and 3-NN
 

@@ -8,7 +8,7 @@ and a single index g(u^T x) (u ~ N(0, I_d), g = tanh, relu or cubic). The theory
 moments; Monte Carlo estimates of B and C (with standard errors) check them. The LSA learns this GD step even
 though least squares and ridge predict differently (and, here, better).
 
-Training per family (issue 8): heavy-tailed targets (the cubic link) make single minibatch gradients huge, and
+Training per family: heavy-tailed targets (the cubic link) make single minibatch gradients huge, and
 Adam's second-moment estimate then freezes the step size for ~1000 steps (at d=4, n=14, sigma=0.3 the learned
 eta stalled at 0.046 against 0.471). FAMILY_TRAINING gives such links a larger batch, a start on the c A^T path
 (W = 0.3 I) and the global gradient norm clipped at clip * A (A = E[y^2]); --batch, --clip and --init-diag

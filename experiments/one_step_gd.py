@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from flax import nnx
 
 import icl
 from icl.experiment import (
@@ -111,9 +110,6 @@ def run(args) -> Outcome:
     config = train_config(args)
     model_fn = lambda rngs: icl.LinearTransformer(args.d, 1, init_scale=args.init_scale,  # noqa: E731
                                                   init_diag=args.init_diag, rngs=rngs)
-    # the evaluation compiles in the background while training compiles and runs (shapes are all it needs)
-    template = nnx.eval_shape(lambda: model_fn(nnx.Rngs(0)))
-    icl.compile_ahead(evaluate, args, make_task(args.d, args.noise[0]), [template] * args.seeds, jax.random.key(0))
     trained = train_grid(args, model_fn, lambda noise: make_task(args.d, noise), config, {"noise": args.noise})
     keys = jax.random.split(jax.random.key(args.seed + 10_000), len(trained))
     runs, claims = [], []

@@ -8,7 +8,7 @@ prediction gap, model cosine and sensitivity difference between the trained laye
 loss along the line from the trained weights to the constructed GD weights (gauge fixed); the loss at input
 scales 0.25..4. Losses are compared with GD at eta* on the same prompts (paired differences).
 
---fast is the time-to-target preset (issue 13): one seed, 500 steps of Adam at 3e-2 with cosine decay from
+--fast is the time-to-target preset: one seed, 500 steps of Adam at 3e-2 with cosine decay from
 W = 0.3 I (on the c A^T path) instead of their 5000 constant-1e-3 steps from small weights, fewer snapshots
 and prompts; every claim is kept.
 
@@ -132,10 +132,6 @@ def run(args) -> Outcome:
     model_fn = lambda r: icl.LinearTransformer(d, 1, init_scale=args.init_scale, init_diag=args.init_diag,  # noqa
                                                rngs=r)
     gd = icl.gradient_descent(eta_star)
-    # the two evaluations compile in the background while training compiles and runs (shapes are all they need)
-    template = nnx.eval_shape(lambda: model_fn(nnx.Rngs(0)))
-    icl.compile_ahead(compare_with_reference, template, gd, task, eval_key, n, args.eval_prompts)
-    icl.compile_ahead(input_scale_curve, template, gd, args, eta_star, scale_key)
     result = train_models(args, model_fn, task, config, snapshot_every=-(-args.steps // args.snapshots))
     snaps = result.snapshots
     gammas = gamma_eff(result)
@@ -262,7 +258,7 @@ def plot_von_oswald(run: dict):
 
 
 SPEC = Experiment("von_oswald", __doc__.splitlines()[0], FLAGS, run, add_arguments=add_arguments, validate=validate,
-                  quick=QUICK, presets={"fast": (FAST, "time-to-target preset (issue 13), every claim kept: " +
+                  quick=QUICK, presets={"fast": (FAST, "time-to-target preset, every claim kept: " +
                                                  " ".join(f"--{k.replace('_', '-')} {v}" for k, v in FAST.items()))})
 
 

@@ -24,7 +24,6 @@ and in weight space (docs/theory.md §2, §5, §9).
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -34,14 +33,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from icl import _compile
+from icl import compiler
+from icl.protocol import check_output, mean_of, returns_variance
+from icl.pytree import Static, is_pytree
 from icl.tasks import Prompts, check_positive_int
-from icl._pytree import is_pytree
-from icl.training import _check_output, _Opaque
 
 __all__ = [
     "MonteCarlo",
     "monte_carlo",
+    "mean_se",
+    "predict",
+    "predict_prefix",
     "Comparison",
     "compare_predictors",
     "ErrorCurve",
@@ -49,6 +51,7 @@ __all__ = [
     "error_curves",
     "prediction_gap",
     "sensitivities",
+    "query_marginal_loss",
     "sensitivity_cosine",
     "reference_metrics",
     "compare_with_reference",
@@ -63,20 +66,7 @@ __all__ = [
 # Predictors as jit arguments
 
 
-class _ById:
-    """A static wrapper hashed by identity (plain functions, callables that are not pytrees)."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj):
-        self.obj = obj
-
-    def __hash__(self):
-        return id(self.obj)
-
-    def __eq__(self, other):
-        return isinstance(other, _ById) and other.obj is self.obj
-
+_ById = Static  # TEMP: the old fingerprint module imports it
 
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, float, int, complex, bool)
 
@@ -92,7 +82,7 @@ def _split(p) -> tuple[tuple, Any]:
             return ("tree", treedef), leaves
     if not callable(p):
         raise ValueError(f"a predictor must be callable (prompts -> [batch]), got {type(p).__name__}")
-    return ("static", _ById(p)), None
+    return ("static", Static(p)), None
 
 
 def _merge(static: tuple, dynamic):
@@ -101,18 +91,14 @@ def _merge(static: tuple, dynamic):
         return nnx.merge(value, dynamic)
     if kind == "tree":
         return jax.tree.unflatten(value, dynamic)
-    return value.obj
-
-
-def _returns_variance(p) -> bool:
-    return bool(getattr(p, "returns_variance", False))
+    return value.value
 
 
 def predict(name: str, p, prompts: Prompts) -> jax.Array:
     """``p(prompts)`` shape-checked (ValueError naming ``name``); the mean of a mean-and-variance predictor."""
     out = p(prompts)
-    _check_output(repr(name), out, prompts, prefix=False, variance=_returns_variance(p))
-    return out[0] if _returns_variance(p) else out
+    check_output(repr(name), out, prompts, prefix=False, variance=returns_variance(p))
+    return mean_of(out)
 
 
 def predict_prefix(name: str, p, prompts: Prompts) -> jax.Array:
@@ -122,8 +108,8 @@ def predict_prefix(name: str, p, prompts: Prompts) -> jax.Array:
         raise ValueError(f"predictor {name!r} ({type(p).__name__}) has no prefix(prompts) -> [batch, n]; "
                          f"use a library predictor or a model with .prefix")
     out = method(prompts)
-    _check_output(repr(name), out, prompts, prefix=True, variance=_returns_variance(p))
-    return out[0] if _returns_variance(p) else out
+    check_output(repr(name), out, prompts, prefix=True, variance=returns_variance(p))
+    return mean_of(out)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -136,14 +122,14 @@ def _sum_m2(v: jax.Array):
     return v.sum(axis=0), jnp.sum((v - v.mean(axis=0)) ** 2, axis=0)
 
 
-@_compile.jit(static_argnames=("stat_fn", "statics", "single", "chunk", "n"))
+@compiler.jit(static_argnames=("stat_fn", "statics", "single", "chunk", "n"))
 def _engine(dynamics, task, keys, *, stat_fn, statics, single, chunk, n):
     """Per chunk key: sample ``chunk`` prompts, apply ``stat_fn``, reduce to (sum, m2) per leaf."""
     preds = {name: _merge(static, dyn) for (name, static), dyn in zip(statics, dynamics)}
     if single:
         preds = preds[statics[0][0]]
-    if isinstance(task, _Opaque):
-        task = task.obj
+    if isinstance(task, Static):
+        task = task.value
 
     def one_chunk(_, key):
         values = stat_fn(preds, task.sample(key, chunk, n))
@@ -164,6 +150,15 @@ def _mean_se(sums, m2s, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     m2 = m2s.sum(axis=0) + chunk * np.sum((sums / chunk - mean) ** 2, axis=0)
     se = np.sqrt(np.maximum(m2, 0.0) / max(count - 1, 1) / count)
     return mean, se
+
+
+def mean_se(values, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error (float64) of per-prompt ``values`` along ``axis``: the SE helper for values
+    already in hand (the same formula as :func:`monte_carlo`'s, with one chunk). Needs two values or more."""
+    v = np.moveaxis(np.asarray(values, np.float64), axis, 0)
+    if v.shape[0] < 2:
+        raise ValueError(f"mean_se needs at least 2 values along axis {axis}, got {v.shape[0]}")
+    return _mean_se(v.sum(axis=0)[None], np.sum((v - v.mean(axis=0)) ** 2, axis=0)[None], v.shape[0])
 
 
 @dataclass(frozen=True)
@@ -220,7 +215,7 @@ def monte_carlo(
         static, dynamic = _split(p)
         statics.append((name, static))
         dynamics.append(dynamic)
-    task_arg = task if is_pytree(task) else _Opaque(task)
+    task_arg = task if is_pytree(task) else Static(task)
     try:
         hash(stat_fn)
     except TypeError:
@@ -253,6 +248,25 @@ def sensitivities(predictor, prompts: Prompts) -> jax.Array:
     """
     return jax.grad(lambda xq: jnp.sum(predict("predictor", predictor, prompts._replace(x_query=xq))))(
         prompts.x_query)
+
+
+def query_marginal_loss(task):
+    """A training loss for :func:`icl.train` with the query averaged out exactly (Rao-Blackwellised).
+
+    For a predictor linear in the query, ``y_hat = x_q^T w_hat(context)`` (every LSA stack, GD and GD++),
+    ``E[(y_hat - y_q)^2 | context, w] = (w_hat - w)^T Sigma (w_hat - w) + sigma^2`` for a linear task with
+    Gaussian label noise: the same population loss as the query MSE with a smaller variance per prompt.
+    ``w_hat = d y_hat / d x_q`` is read by ``sensitivities``; needs ``prompts.w``. Returns
+    ``loss_fn(model, prompts) -> scalar``.
+    """
+    x_cov = np.asarray(task.x_second_moment() if hasattr(task, "x_second_moment") else task.x_cov, np.float64)
+    noise2 = float(task.noise_std) ** 2
+
+    def loss_fn(model, prompts):
+        err = sensitivities(model, prompts) - prompts.w
+        return jnp.mean(jnp.einsum("bi,ij,bj->b", err, jnp.asarray(x_cov, err.dtype), err)) + noise2
+
+    return loss_fn
 
 
 def _cosine(ga, gb):
@@ -540,7 +554,7 @@ def evaluate_across_tasks(predictors: Mapping[str, Callable], tasks: Sequence, k
             "loss_diff": {pair: collect("diff", j) for j, pair in enumerate(pairs)}}
 
 
-@_compile.jit(static_argnames=("graphdef", "ref_static"))
+@compiler.jit(static_argnames=("graphdef", "ref_static"))
 def _snapshot_run(params, prompts, ref_dynamic, *, graphdef, ref_static):
     reference = _merge(ref_static, ref_dynamic)
 
@@ -567,7 +581,7 @@ def interpolate(params_a, params_b, t):
     return jax.tree.map(lambda a, b: (1.0 - t) * a + t * b, params_a, params_b)
 
 
-@_compile.jit(static_argnames=("graphdef",))
+@compiler.jit(static_argnames=("graphdef",))
 def _interpolation_run(ts, params_a, params_b, prompts, *, graphdef):
     def one(t):
         model = nnx.merge(graphdef, interpolate(params_a, params_b, t))

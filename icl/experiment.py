@@ -22,12 +22,10 @@ the weights), :func:`final_train_loss`, :func:`convergence_claim` (is training f
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import os
 import shutil
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,14 +310,11 @@ def run_experiment(spec: Experiment, argv: Sequence[str] | None = None) -> dict:
     args = spec.parse(argv)
     start = time.perf_counter()
     cache = enable_compilation_cache(args.compilation_cache)
-    # matplotlib loads (about 0.5 s) while the experiment compiles and trains; the figures import it again,
-    # which waits for this import if it is still under way
-    threading.Thread(target=importlib.import_module, args=("icl.plotting",), name="icl-import-plotting").start()
-    import icl
+    from icl.training import TrainingDivergedError
 
     try:
         outcome = spec.run(args)
-    except icl.TrainingDivergedError as err:
+    except TrainingDivergedError as err:
         outcome = Outcome([Claim("training finished without diverging", None, float("nan"), 0.0, False, str(err))],
                           [{"error": str(err)}])
     seconds = time.perf_counter() - start
@@ -360,20 +355,20 @@ def _checkpointing(args, stage: str) -> dict:
 
 def train_config(args, **overrides):
     """The :class:`icl.TrainConfig` of the shared flags (``steps, batch, n, lr, seeds, seed``) and ``overrides``."""
-    import icl
+    from icl.training import TrainConfig
 
     values = dict(steps=args.steps, batch=args.batch, n=args.n, lr=args.lr, num_seeds=args.seeds, seed=args.seed,
                   progress_every=max(args.steps // 5, 1) if args.progress else 0,
                   checkpoint_every=getattr(args, "checkpoint_every", 0))
     values.update(overrides)
-    return icl.TrainConfig(**values)
+    return TrainConfig(**values)
 
 
 def train_models(args, model_fn, task, config, stage: str = "train", **kwargs):
     """``icl.train`` with the script's checkpoint flags (a folder per ``stage`` under the checkpoint root)."""
-    import icl
+    from icl.training import train
 
-    return icl.train(model_fn, task, config, **_checkpointing(args, stage), **kwargs)
+    return train(model_fn, task, config, **_checkpointing(args, stage), **kwargs)
 
 
 def train_grid(args, model_fn, task_fn, config, grid: Mapping[str, Sequence], stage: str = "grid") -> list:
@@ -382,24 +377,21 @@ def train_grid(args, model_fn, task_fn, config, grid: Mapping[str, Sequence], st
     Returns ``[(point, TrainResult)]``. A sweep point equals the single ``train`` call with the same config,
     so both paths give the same models.
     """
-    import icl
     from icl.sweeps import grid_points, sweep
+    from icl.training import train
 
     points = grid_points(grid)
     if not getattr(args, "checkpoint_every", 0):
         return list(sweep(model_fn, task_fn, config, grid))
     out = []
     for i, point in enumerate(points):
-        out.append((point, icl.train(model_fn, task_fn(**point), config, **_checkpointing(args, f"{stage}_{i}"))))
+        out.append((point, train(model_fn, task_fn(**point), config, **_checkpointing(args, f"{stage}_{i}"))))
     return out
 
 
 def gamma_eff(result, layer: int = 0) -> np.ndarray:
     """``Gamma_eff = c A^T + a b^T`` of one layer of every seed: ``[seeds, d, d]`` float64 (docs/theory.md §2)."""
-    import icl
-
-    weights = result.params["layers"][layer]
-    return np.asarray(icl.implied_preconditioner(weights["w_pv"][...], weights["w_kq"][...]), np.float64)
+    return np.stack([np.asarray(result.model(i).preconditioner(layer), np.float64) for i in range(result.num_seeds)])
 
 
 def step_sizes(gammas: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""A deliberately short training run is reported as not converged (issue 8), with exit code 1."""
+"""A deliberately short training run is reported as not converged, with exit code 1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""experiments/error_curves.py end to end (Garg et al. 2022's curves, issue 10) and its flag checks."""
+"""experiments/error_curves.py end to end (Garg et al. 2022's curves) and its flag checks."""
 
 from __future__ import annotations
 

@@ -151,7 +151,7 @@ def test_prediction_gap_is_absolute_difference():
 # ------------------------------------------------------------------------------------------ compile once
 
 def test_second_compare_predictors_call_with_other_hyperparameters_does_not_compile_again():
-    """Issue 8/13: predictors are pytree arguments of one module-level jit (counted, not timed)."""
+    """predictors are pytree arguments of one module-level jit (counted, not timed)."""
     def run(eta, lam, noise, seed):
         model = icl.LinearTransformer(3, 1, rngs=nnx.Rngs(seed))
         predictors = {"gd": icl.gradient_descent(eta), "ridge": icl.ridge(lam), "lsa": model}
@@ -163,47 +163,6 @@ def test_second_compare_predictors_call_with_other_hyperparameters_does_not_comp
     second, compiles = compiling_threads(lambda: run(0.7, 2.0, 0.6, 1))
     assert compiles == {}, f"the second call compiled {compiles}"
     assert first.losses["gd"] != second.losses["gd"]
-
-
-def _compare_small(model, seed=0, pairs=(("lsa", "gd"),)):
-    """A comparison with shapes no other test uses (d=4, n=7, 300 prompts), so its program is compiled here."""
-    return icl.compare_predictors({"lsa": model, "gd": icl.gradient_descent(0.4)},
-                                  icl.LinearRegressionTask.isotropic(4, 0.3), jax.random.key(seed), 7,
-                                  num_prompts=300, chunk_size=150, pairs=pairs, cosine_pairs=[])
-
-
-def test_compile_ahead_with_abstract_weights_leaves_nothing_to_compile_for_the_real_call():
-    """icl.compile_ahead compiles the evaluation from shapes alone (an nnx.eval_shape model) in a background
-    thread; the later call with trained weights compiles nothing and gives the same numbers as a call
-    after an ordinary first compilation."""
-    template = nnx.eval_shape(lambda: icl.LinearTransformer(4, 1, rngs=nnx.Rngs(0)))
-    assert icl.compile_ahead(_compare_small, template).result(timeout=120) is True
-    trained = icl.LinearTransformer(4, 1, rngs=nnx.Rngs(3))
-    result, compiles = compiling_threads(lambda: _compare_small(trained))
-    assert compiles == {}, f"the call after compile_ahead compiled {compiles}"
-    again = _compare_small(trained)
-    assert result.losses == again.losses and result.pairs == again.pairs
-
-
-def test_compile_ahead_keeps_the_error_of_a_bad_call_and_reports_a_call_that_compiles_nothing():
-    template = nnx.eval_shape(lambda: icl.LinearTransformer(4, 1, rngs=nnx.Rngs(0)))
-    bad = icl.compile_ahead(_compare_small, template, pairs=[("lsa", "nope")])
-    with pytest.raises(ValueError, match="nope"):
-        bad.result(timeout=120)
-    assert icl.compile_ahead(lambda: 1).result(timeout=120) is False
-
-
-def test_process_exit_drops_queued_compile_ahead_work_and_waits_only_for_the_running_one():
-    """compile_ahead's queue is dropped at interpreter exit: a script that ends (or fails) with compilations
-    queued exits after the one under way (here a 1 s call), not after every queued one (a 60 s call)."""
-    import subprocess
-    import sys
-    import time
-
-    code = "import time, icl; icl.compile_ahead(time.sleep, 1.0); icl.compile_ahead(time.sleep, 60.0); time.sleep(0.5)"
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=50)
-    assert time.perf_counter() - start < 50
 
 
 # ------------------------------------------------------------------------------------------ honest outputs

@@ -89,8 +89,6 @@ def test_estimated_moments_plug_into_the_one_api_with_delta_method_standard_erro
     assert r == pytest.approx(icl.optimal_risk(m, n), rel=1e-12)
     assert_within_se(r, r_se, icl.optimal_risk(task, n))
     assert icl.one_step_risk(eta, m, n) == pytest.approx(r, rel=1e-12)
-    with pytest.warns(DeprecationWarning, match="optimal_step_size"):
-        assert m.eta(n) == (eta, eta_se)
 
 
 @pytest.mark.parametrize("kwargs, field", [({"points_per_function": 3}, "points_per_function"),

@@ -24,7 +24,7 @@ def test_experiment_end_to_end_passes_every_claim_at_quick_settings(run_experime
 
 @pytest.mark.slow
 def test_the_heavy_tailed_cubic_link_reaches_the_theorem_at_the_issue_8_corner(run_experiment, tmp_path):
-    # Issue 8: this setting ended at eta 0.046 against 0.471 before the per-family training settings.
+    # this setting ended at eta 0.046 against 0.471 before the per-family training settings.
     flags = ["--d", "4", "--n", "14", "--noise", "0.3", "--families", "single_index", "--link", "cubic",
              "--seeds", "2", "--moment-functions", "20000"]
     summary = run_experiment(SCRIPT, flags, tmp_path)

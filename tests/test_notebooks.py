@@ -1,13 +1,11 @@
 """The notebooks in notebooks/: stored with real outputs, on the current API, and executable top to bottom.
 
 Every ``notebooks/*.ipynb`` is checked (01-04 must exist; later ones are picked up by the glob). Fast tests
-read the stored files: small, with figures and no error output, every code cell executed, and no deprecated
-``icl`` name in the code (static check against ``icl``'s deprecation tables and the old shim modules) nor a
-``DeprecationWarning`` in the outputs. The slow test executes each notebook in a fresh Jupyter kernel
+read the stored files: small, with figures and no error output, every code cell executed, only names that
+``icl`` exports in the code, and no ``DeprecationWarning`` in the outputs. The slow test executes each notebook in a fresh Jupyter kernel
 (nbclient, the ``python3`` kernel of the interpreter running the tests) with ``ICL_NOTEBOOK_QUICK=1`` in the
 kernel's environment, which shrinks training steps and evaluation prompts, with notebooks/ as the working
-directory, and with every ``DeprecationWarning`` raised by a deprecated ``icl`` name turned into an error. A
-cell that raises fails the test and the message names the cell. The stored notebooks are not modified.
+directory. A cell that raises fails the test and the message names the cell. The stored notebooks are not modified.
 """
 
 from __future__ import annotations
@@ -27,12 +25,6 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 REQUIRED = ("01_quickstart.ipynb", "02_one_step_gd_theorems.ipynb", "03_extend_the_sandbox.ipynb",
             "04_depth_and_dynamics.ipynb")
 CELL_TIMEOUT_S = 300  # per cell; quick mode needs well under a minute for the slowest cell
-# Old modules kept as deprecation shims for one release (every attribute access warns).
-SHIM_MODULES = {"algorithms", "analysis", "multistep", "nonlinear", "population", "prefix", "tracking", "uniform"}
-# Turns a deprecated icl name into an error inside the kernel (the messages read "icl.X is deprecated; use ...",
-# "icl.uniform.X is deprecated; ..." or "TargetMoments.eta is deprecated; ...").
-DEPRECATION_GUARD = ('import warnings\nwarnings.filterwarnings("error", category=DeprecationWarning, '
-                     'message=r"(icl|TargetMoments)\\.\\S* is deprecated")')
 
 
 def _code_cells(nb):
@@ -44,24 +36,15 @@ def _python(source: str) -> str:
     return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
 
 
-def deprecated_uses(source: str, deprecated: set[str]) -> list[str]:
-    """Deprecated ``icl`` names that ``source`` uses: ``icl.old_name``, a shim module, or imports from one."""
+def missing_icl_names(source: str, public: set[str]) -> list[str]:
+    """``icl.X`` attributes and ``from icl import X`` names in ``source`` that ``icl`` does not export."""
     found = []
     for node in ast.walk(ast.parse(_python(source))):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "icl":
-            if node.attr in deprecated or node.attr in SHIM_MODULES:
+            if node.attr not in public:
                 found.append(f"icl.{node.attr}")
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "icl":
-            parts = node.module.split(".")
-            if len(parts) > 1 and parts[1] in SHIM_MODULES:
-                found.append(f"from {node.module} import ...")
-            elif node.module == "icl":
-                found += [f"from icl import {a.name}" for a in node.names
-                          if a.name in deprecated or a.name in SHIM_MODULES]
-        elif isinstance(node, ast.Import):
-            found += [f"import {a.name}" for a in node.names
-                      if a.name.split(".")[0] == "icl" and len(a.name.split(".")) > 1
-                      and a.name.split(".")[1] in SHIM_MODULES]
+        elif isinstance(node, ast.ImportFrom) and node.module == "icl":
+            found += [f"from icl import {a.name}" for a in node.names if a.name not in public]
     return found
 
 
@@ -72,15 +55,12 @@ def test_notebooks_01_to_04_exist_and_later_ones_are_found():
     assert all(p.name[:2].isdigit() for p in NOTEBOOKS), f"notebooks should be numbered NN_name.ipynb: {names}"
 
 
-def test_deprecated_use_detector_flags_old_names_and_shim_modules():
-    old = {"isotropic_optimal_step_size"}
-    assert deprecated_uses("import icl\nicl.isotropic_optimal_step_size(5, 10, 0.5)", old) == [
+def test_missing_name_detector_flags_unknown_icl_names_only():
+    public = {"optimal_step_size", "plotting"}
+    assert missing_icl_names("import icl\nicl.isotropic_optimal_step_size(5, 10, 0.5)", public) == [
         "icl.isotropic_optimal_step_size"]
-    assert deprecated_uses("from icl import multistep, tracking\n%matplotlib inline", old) == [
-        "from icl import multistep", "from icl import tracking"]
-    assert deprecated_uses("from icl.uniform import iid_optimal_step_size", old) == ["from icl.uniform import ..."]
-    assert deprecated_uses("import icl.nonlinear", old) == ["import icl.nonlinear"]
-    assert deprecated_uses("icl.optimal_step_size(task, 10)\nfrom icl.plotting import gamma_heatmap", old) == []
+    assert missing_icl_names("from icl import multistep\n%matplotlib inline", public) == ["from icl import multistep"]
+    assert missing_icl_names("icl.optimal_step_size(task, 10)\nfrom icl.plotting import gamma_heatmap", public) == []
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -102,30 +82,29 @@ def test_stored_notebook_is_small_and_has_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_code_uses_no_deprecated_icl_name(path):
+def test_notebook_code_uses_only_names_icl_exports(path):
     import icl
 
-    deprecated = set(icl._DEPRECATED)
+    public = set(icl.__all__) | {"plotting", "experiment", "theory", "models", "tasks", "predictors", "evaluate"}
     nb = nbformat.read(path, as_version=4)
-    uses = {i: deprecated_uses(c.source, deprecated) for i, c in enumerate(nb.cells) if c.cell_type == "code"}
+    uses = {i: missing_icl_names(c.source, public) for i, c in enumerate(nb.cells) if c.cell_type == "code"}
     uses = {i: u for i, u in uses.items() if u}
-    assert not uses, f"{path.name} uses deprecated names (cell index: names): {uses}"
+    assert not uses, f"{path.name} uses names icl does not export (cell index: names): {uses}"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes_in_quick_mode_without_deprecation_warnings(path, monkeypatch):
+def test_notebook_executes_in_quick_mode(path, monkeypatch):
     monkeypatch.setenv("ICL_NOTEBOOK_QUICK", "1")  # inherited by the kernel process
     monkeypatch.delenv("MPLBACKEND", raising=False)  # let the kernel pick its inline backend
     nb = nbformat.read(path, as_version=4)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(DEPRECATION_GUARD))  # in this in-memory copy only
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     start = time.perf_counter()
     try:
         client.execute()
     except nbclient.exceptions.CellExecutionError as err:
-        pytest.fail(f"{path.name} failed in quick mode (a deprecated icl name raises here):\n{err}")
+        pytest.fail(f"{path.name} failed in quick mode:\n{err}")
     seconds = time.perf_counter() - start
     print(f"{path.name}: executed in quick mode in {seconds:.1f}s")
     code = _code_cells(nb)

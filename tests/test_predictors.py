@@ -171,7 +171,7 @@ def test_float32_least_squares_and_bayes_have_no_nan_at_condition_1e12():
 
 
 def test_every_prefix_least_squares_is_finite_in_float32_and_matches_truncated_least_squares():
-    """Issue 9 item 3: d = 5, n = 40, 20,000 isotropic prompts in float32.
+    """d = 5, n = 40, 20,000 isotropic prompts in float32.
 
     The reference runs least squares on the truncated prompts (first k - 1 pairs, query x_k) at every k, in
     float64 numpy from the same float32 data (normal equations / their minimum-norm form, accurate here in
@@ -239,21 +239,6 @@ def test_hyper_parameters_are_leaves_so_one_compilation_serves_every_value():
     p = make_prompts(seed=12, dtype=np.float32)
     a, b = evaluate(ip.ridge(0.1), p), evaluate(ip.ridge(10.0), p)
     assert float(a) != float(b) and len(traces) == 1
-
-
-def test_old_modules_warn_and_keep_their_meaning():
-    import icl.algorithms
-    import icl.prefix
-
-    with pytest.warns(DeprecationWarning, match="icl.predictors.ridge"):
-        assert icl.algorithms.ridge is ip.ridge
-    with pytest.warns(DeprecationWarning, match="gradient_descent"):
-        old = icl.prefix.prefix_gradient_descent(0.4)
-    with x64():
-        p = make_prompts(seed=15)
-        got = old(p)  # old convention: column k-1 predicts the query from the first k pairs
-        assert_close(got[:, N - 1], call(ip.gradient_descent(0.4), p))
-        assert_close(got[:, 1], call(ip.gradient_descent(0.4), p._replace(x=p.x[:, :2], y=p.y[:, :2])))
 
 
 def test_library_names_are_exported_unchanged():

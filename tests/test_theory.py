@@ -1,5 +1,5 @@
 """The one theory API (docs/theory.md §3-§5): closed forms against Monte Carlo (4 SE), exact identities once
-(float64, 1e-10), float64 results whatever the JAX precision, validation, deprecated aliases. The dispatch on
+(float64, 1e-10), float64 results whatever the JAX precision, validation. The dispatch on
 each task family against Monte Carlo of its own prompts is in test_tasks.py (it shares their compiled draws)."""
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def _ill_conditioned(prior):
 
 @pytest.mark.parametrize("prior", ["isotropic", "inverse"])
 def test_closed_forms_on_eigenvalues_1e_minus_4_to_1e4_are_float64_and_equal_in_float32_and_x64_modes(prior):
-    """Issue 9 case 3: float32 mode used to give a relative error of 1.23 (and NaN for Omega = Sigma^-1)."""
+    """float32 mode used to give a relative error of 1.23 (and NaN for Omega = Sigma^-1)."""
     n, task = 12, _ill_conditioned(prior)
     fns = (icl.optimal_gamma, icl.optimal_risk, icl.optimal_step_size, icl.expected_hh)
     f32 = [fn(task, n) for fn in fns]
@@ -195,53 +195,3 @@ def test_risk_rejects_a_gamma_of_the_wrong_shape_and_one_step_risk_a_non_finite_
         icl.risk(np.eye(2), icl.LinearRegressionTask.isotropic(3), 5)
     with pytest.raises(ValueError, match=r"\beta\b"):
         icl.one_step_risk(float("nan"), icl.LinearRegressionTask.isotropic(3), 5)
-
-
-ISO = icl.LinearRegressionTask.isotropic(4, 0.8, 1.5)
-DEPRECATED_CALLS = [
-    ("isotropic_optimal_step_size", (4, 9, 0.8, 1.5), lambda: icl.optimal_step_size(ISO, 9)),
-    ("isotropic_optimal_risk", (4, 9, 0.8, 1.5), lambda: icl.optimal_risk(ISO, 9)),
-    ("one_step_gd_risk", (0.3, general_task(), 5), lambda: icl.one_step_risk(0.3, general_task(), 5)),
-    ("iid_optimal_step_size", (10, 10, 1 / 12, 1 / 80), lambda: icl.optimal_step_size(icl.UniformLinearTask(10), 10)),
-    ("iid_optimal_risk", (10, 10, 1 / 12, 1 / 80, 0.2),
-     lambda: icl.optimal_risk(icl.UniformLinearTask(10, noise_std=0.2), 10)),
-    ("iid_one_step_risk", (2.0, 10, 10, 1 / 12, 1 / 80), lambda: icl.one_step_risk(2.0, icl.UniformLinearTask(10), 10)),
-    ("nonlinear_optimal_step_size", (0.25, 2.5, 6), lambda: icl.optimal_step_size(icl.ReluNetworkTask(3), 6)),
-    ("nonlinear_optimal_risk", (0.5, 0.25, 2.5, 6), lambda: icl.optimal_risk(icl.ReluNetworkTask(3), 6)),
-    ("nonlinear_one_step_risk", (0.4, 0.5, 0.25, 2.5, 6), lambda: icl.one_step_risk(0.4, icl.ReluNetworkTask(3), 6)),
-]
-
-
-@pytest.mark.parametrize("name, args, new", DEPRECATED_CALLS, ids=[c[0] for c in DEPRECATED_CALLS])
-def test_deprecated_aliases_warn_naming_the_replacement_and_agree_with_the_one_api(name, args, new):
-    replacement = icl.theory.DEPRECATED[name][1]
-    for owner in (icl, icl.theory):
-        with pytest.warns(DeprecationWarning, match=replacement.split("(")[0].replace(".", r"\.")):
-            old = getattr(owner, name)
-        assert_close(old(*args), new(), rtol=1e-12, what=name)
-
-
-def test_deprecated_isotropic_helpers_still_validate_their_arguments():
-    with pytest.warns(DeprecationWarning):
-        step = icl.isotropic_optimal_step_size
-    with pytest.raises(ValueError, match=r"\bn\b"):
-        step(5, 0, 0.5)
-    with pytest.raises(ValueError, match=r"\bn\b"):
-        step(5, -7)
-    with pytest.raises(ValueError, match=r"\btau\b"):
-        step(5, 3, 0.5, 0.0)
-    with pytest.raises(ValueError, match=r"\bnoise_std\b"):
-        step(5, 3, -1.0)
-
-
-@pytest.mark.parametrize("module, name", [("uniform", "iid_optimal_step_size"), ("uniform", "UniformLinearTask"),
-                                          ("nonlinear", "estimate_moments"), ("nonlinear", "ReluNetworkTask"),
-                                          ("multistep", "multistep_gd_risk"), ("population", "train_population")])
-def test_old_modules_are_shims_that_warn_on_access_and_return_the_new_object(module, name):
-    import importlib
-
-    mod = importlib.import_module(f"icl.{module}")
-    assert not hasattr(mod, "__all__")
-    with pytest.warns(DeprecationWarning, match=rf"icl\.{module}\.{name} is deprecated; use"):
-        obj = getattr(mod, name)
-    assert obj.__module__.startswith(("icl.tasks", "icl.theory"))

@@ -32,6 +32,7 @@ from flax import nnx
 from icl.tasks.base import Prompts, check_positive_int
 
 __all__ = [
+    "lsa_from_parameters",
     "LinearSelfAttention",
     "LinearTransformer",
     "prompt_tokens",
@@ -52,7 +53,7 @@ def prompt_tokens(prompts: Prompts) -> tuple[jax.Array, jax.Array]:
     return context, query
 
 
-def _check_prompts(prompts, d: int, who: str) -> None:
+def check_model_prompts(prompts, d: int, who: str) -> None:
     if not hasattr(prompts, "x_query") or not hasattr(prompts, "x"):
         raise ValueError(f"prompts must be icl.Prompts, got {type(prompts).__name__}")
     if prompts.x.ndim != 3 or prompts.y.shape != prompts.x.shape[:2]:
@@ -90,7 +91,7 @@ def _mv(m: jax.Array, v: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _gram_stack(w_pvs, w_kqs, gram: jax.Array, query: jax.Array) -> jax.Array:
+def gram_stack(w_pvs, w_kqs, gram: jax.Array, query: jax.Array) -> jax.Array:
     """Final query token(s) of the stack from the context Gram matrix (module docstring, "Gram form").
 
     ``w_pvs, w_kqs``: sequences of ``[D, D]``; ``gram: [..., D, D]``; ``query: [..., D]``; returns ``[..., D]``.
@@ -216,15 +217,21 @@ class LinearTransformer(nnx.Module):
         self.layers = nnx.List(
             [LinearSelfAttention(d, init_scale=init_scale, init_diag=init_diag, rngs=rngs) for _ in range(num_layers)]
         )
-        self._init_args = (
-            ("d", int(d)), ("num_layers", int(num_layers)), ("init_scale", float(init_scale)),
-            ("init_diag", float(init_diag)), ("variance_head", bool(variance_head)),
-        )
+        self._spec = dict(d=int(d), num_layers=int(num_layers), init_scale=float(init_scale),
+                          init_diag=float(init_diag), variance_head=bool(variance_head))
         if variance_head:
             self.returns_variance = True
             dtype = self.layers[0].w_pv[...].dtype
             self.var_bias = nnx.Param(jnp.zeros((), dtype))
             self.var_read = nnx.Param(0.01 * jax.random.normal(rngs.params(), (d + 1, d + 1), dtype))
+
+    def spec(self) -> dict:
+        """Constructor keyword arguments that rebuild this model's structure (the model protocol)."""
+        return dict(self._spec)
+
+    def preconditioner(self, layer: int = 0) -> jax.Array:
+        """``Gamma_eff = c A^T + a b^T`` of layer ``layer`` (:func:`implied_preconditioner`), ``[d, d]``."""
+        return implied_preconditioner(self.layers[layer])
 
     @classmethod
     def from_gd(cls, d: int, eta: float, preconditioner=None, *, variance_head: bool = False) -> "LinearTransformer":
@@ -256,7 +263,7 @@ class LinearTransformer(nnx.Module):
         Gram form of ``__call__`` is tested against). ``query_only=True`` skips the last layer's context
         update (it cannot reach the prediction).
         """
-        _check_prompts(prompts, self.d, "model")
+        check_model_prompts(prompts, self.d, "model")
         context, query = prompt_tokens(prompts)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
@@ -275,11 +282,11 @@ class LinearTransformer(nnx.Module):
 
         With ``variance_head=True``: ``(mean [batch], var [batch])``.
         """
-        _check_prompts(prompts, self.d, "model")
+        check_model_prompts(prompts, self.d, "model")
         context, query = prompt_tokens(prompts)
         if len(self.layers) == 1:  # O(n d) per prompt: W^PV (1/n) sum_i z_i (z_i . W^KQ q), no Gram matrix
             return self._output(self.layers[0](context, query, update_context=False)[1])
-        return self._output(_gram_stack(*self._weights(), _gram(context), query))
+        return self._output(gram_stack(*self._weights(), _gram(context), query))
 
     def prefix(self, prompts: Prompts):
         """Every-prefix predictions ``[batch, n]`` in Garg's convention (docs/theory.md §10).
@@ -293,11 +300,11 @@ class LinearTransformer(nnx.Module):
         prefixes. So ``model(prompts)`` is the ``k = n + 1`` prediction, not ``prefix[:, n - 1]``.
         With ``variance_head=True``: ``(mean [batch, n], var [batch, n])``.
         """
-        _check_prompts(prompts, self.d, "model")
+        check_model_prompts(prompts, self.d, "model")
         context, _ = prompt_tokens(prompts)
         if len(self.layers) == 1 and not self.returns_variance:
             return _one_layer_prefix(self.layers[0].w_pv[...], self.layers[0].w_kq[...], context)
-        return self._output(_gram_stack(*self._weights(), _prefix_grams(context), _prefix_queries(context)))
+        return self._output(gram_stack(*self._weights(), prefix_grams(context), prefix_queries(context)))
 
 
 @jax.jit
@@ -307,7 +314,7 @@ def _one_layer_prefix(w_pv: jax.Array, w_kq: jax.Array, context: jax.Array) -> j
     ``G_{k-1} W^KQ q_k = (1/(k-1)) sum_{i<k} z_i (z_i . W^KQ q_k)``, so with ``h_k = (1/(k-1)) sum_{i<k}
     (p . z_i) z_i`` (an exclusive cumulative sum) it is ``h_k . W^KQ q_k``. Equals the Gram form's entry."""
     n = context.shape[-2]
-    keys = _prefix_queries(context) @ w_kq.T  # W^KQ q_k, [batch, n, D]
+    keys = prefix_queries(context) @ w_kq.T  # W^KQ q_k, [batch, n, D]
     weighted = context * (context @ w_pv[-1])[..., None]  # (p . z_i) z_i
     return jnp.sum(_exclusive_cumsum(weighted, axis=-2) * keys, axis=-1) / _prefix_counts(n, context.dtype)
 
@@ -326,13 +333,13 @@ def _prefix_counts(n: int, dtype) -> jax.Array:
 
 
 @jax.jit
-def _prefix_grams(context: jax.Array) -> jax.Array:
+def prefix_grams(context: jax.Array) -> jax.Array:
     """``G_{k-1} = (1/(k-1)) sum_{i<k} z_i z_i^T`` for ``k = 1..n`` (``G_0 = 0``): ``[batch, n, D, D]``."""
     outer = context[..., :, :, None] * context[..., :, None, :]
     return _exclusive_cumsum(outer, axis=-3) / _prefix_counts(context.shape[-2], context.dtype)[:, None, None]
 
 
-def _prefix_queries(context: jax.Array) -> jax.Array:
+def prefix_queries(context: jax.Array) -> jax.Array:
     """Query tokens ``[x_k; 0]`` for ``k = 1..n``: ``[batch, n, D]``."""
     return context.at[..., -1].set(0.0)
 
@@ -493,3 +500,24 @@ def _dist_to_identity(m):
     d = m.shape[-1]
     alpha = jnp.trace(m, axis1=-2, axis2=-1) / d
     return jnp.linalg.norm(m - alpha[..., None, None] * jnp.eye(d), axis=(-2, -1)) / jnp.linalg.norm(m, axis=(-2, -1))
+
+
+def lsa_from_parameters(c, a_mat):
+    """A one-layer :class:`icl.LinearTransformer` with ``W^PV = [[0, 0], [0, c]]``, ``W^KQ = [[A, 0], [0, 0]]``.
+
+    Its predictions are ``x_q^T (c A^T) h`` (ZFB's parametrisation, ``b = a = 0``); evaluate it on sampled prompts
+    to check the population closed forms by Monte Carlo.
+    """
+    a_mat = np.asarray(a_mat, np.float64)
+    d = a_mat.shape[-1]
+    if a_mat.shape != (d, d):
+        raise ValueError(f"a_mat must be a square [d, d] matrix, got shape {a_mat.shape}")
+    model = LinearTransformer(d, 1, init_scale=0.0, rngs=nnx.Rngs(0))
+    w_pv = np.zeros((d + 1, d + 1))
+    w_pv[d, d] = float(c)
+    w_kq = np.zeros((d + 1, d + 1))
+    w_kq[:d, :d] = a_mat
+    layer = model.layers[0]
+    layer.w_pv[...] = jnp.asarray(w_pv, layer.w_pv[...].dtype)
+    layer.w_kq[...] = jnp.asarray(w_kq, layer.w_kq[...].dtype)
+    return model

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from icl.models.lsa import _check_prompts, _gram_stack, _prefix_grams, _prefix_queries, prompt_tokens
+from icl.models.lsa import check_model_prompts, gram_stack, prefix_grams, prefix_queries, prompt_tokens
 from icl.tasks.base import Prompts, check_positive_int
 
 __all__ = ["SparseLSALayer", "SparseLinearTransformer", "layer_preconditioners", "whiten_preconditioner"]
@@ -72,7 +72,11 @@ class SparseLinearTransformer(nnx.Module):
         check_positive_int("num_layers", num_layers)
         self.d = check_positive_int("d", d)
         self.layers = nnx.List([SparseLSALayer(d, init_scale=init_scale, rngs=rngs) for _ in range(num_layers)])
-        self._init_args = (("d", int(d)), ("num_layers", int(num_layers)), ("init_scale", float(init_scale)))
+        self._spec = dict(d=int(d), num_layers=int(num_layers), init_scale=float(init_scale))
+
+    def spec(self) -> dict:
+        """Constructor keyword arguments that rebuild this model's structure (the model protocol)."""
+        return dict(self._spec)
 
     @classmethod
     def from_gd(cls, d: int, step_sizes, preconditioner=None) -> "SparseLinearTransformer":
@@ -100,7 +104,7 @@ class SparseLinearTransformer(nnx.Module):
         return model
 
     def __call__(self, prompts: Prompts) -> jax.Array:
-        _check_prompts(prompts, self.d, "model")
+        check_model_prompts(prompts, self.d, "model")
         r, q = prompts.y, jnp.zeros_like(prompts.y_query)
         for layer in self.layers:
             r, q = layer(prompts.x, r, prompts.x_query, q)
@@ -108,11 +112,11 @@ class SparseLinearTransformer(nnx.Module):
 
     def prefix(self, prompts: Prompts) -> jax.Array:
         """Every-prefix predictions ``[batch, n]`` (Garg's convention; entry 0 is 0): the Gram form of the stack."""
-        _check_prompts(prompts, self.d, "model")
+        check_model_prompts(prompts, self.d, "model")
         context, _ = prompt_tokens(prompts)
         w_pvs = [layer.w_pv for layer in self.layers]
         w_kqs = [layer.w_kq for layer in self.layers]
-        return -_gram_stack(w_pvs, w_kqs, _prefix_grams(context), _prefix_queries(context))[..., -1]
+        return -gram_stack(w_pvs, w_kqs, prefix_grams(context), prefix_queries(context))[..., -1]
 
 
 def layer_preconditioners(model_or_params) -> jax.Array:

@@ -7,7 +7,7 @@ is the no-data answer, 0 for the zero-mean priors here. So ``p(prompts)`` is wha
 at ``k = n + 1``, not ``prefix[:, n - 1]``.
 
 Mean-and-variance predictors set ``returns_variance = True`` and return ``(mean, var)`` pairs of those
-shapes. Library predictors are pytrees (:func:`icl._pytree.pytree_dataclass`) whose hyper-parameters are
+shapes. Library predictors are pytrees (:func:`icl.pytree.pytree_dataclass`) whose hyper-parameters are
 leaves, so one compiled evaluator serves every step size or penalty.
 """
 
@@ -206,3 +206,19 @@ def shifted_cumsum(a: jax.Array, axis: int = 1) -> jax.Array:
     c = jnp.cumsum(a, axis=axis)
     zero = jnp.zeros_like(jax.lax.slice_in_dim(c, 0, 1, axis=axis))
     return jnp.concatenate([zero, jax.lax.slice_in_dim(c, 0, c.shape[axis] - 1, axis=axis)], axis=axis)
+
+
+def context_moments(x, y):
+    """``S = X^T X / n [b, d, d]`` and ``h = X^T y / n [b, d]`` of whole contexts."""
+    n = x.shape[-2]
+    return jnp.einsum("bni,bnj->bij", x, x) / n, jnp.einsum("bnd,bn->bd", x, y) / n
+
+
+def prefix_context_moments(x, y, gram: bool = True):
+    """Moments of the first ``k - 1`` pairs at entry ``k - 1``: ``S [b, n, d, d]`` (if asked), ``h [b, n, d]``."""
+    c = prefix_counts(x.shape[-2], x.dtype)
+    h = shifted_cumsum(y[..., None] * x, axis=1) / c[:, None]
+    if not gram:
+        return None, h
+    s = shifted_cumsum(x[..., :, None] * x[..., None, :], axis=1) / c[:, None, None]
+    return s, h

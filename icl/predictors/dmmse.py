@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl._pytree import pytree_dataclass
+from icl.pytree import pytree_dataclass
 from icl.predictors.base import Predictor
 
 __all__ = ["DiscreteMMSE", "DiscreteMMSEPredictive", "dmmse"]

@@ -15,13 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl._pytree import pytree_dataclass, static_field
+from icl.pytree import pytree_dataclass, static_field
 from icl.predictors.base import (
     JittedPredictor,
     as_leaf,
     check_context,
     check_prompts,
+    context_moments,
     is_concrete,
+    prefix_context_moments,
     predictor_name,
     prefix_counts,
     shifted_cumsum,
@@ -89,21 +91,6 @@ def _preconditioners(preconditioner, k: int, d: int, dtype, name: str) -> jax.Ar
     raise ValueError(f"predictor {name}: preconditioner has shape {p.shape}, prompts have d={d} (K={k} steps)")
 
 
-def _moments(x, y):
-    n = x.shape[-2]
-    return jnp.einsum("bni,bnj->bij", x, x) / n, jnp.einsum("bnd,bn->bd", x, y) / n
-
-
-def _prefix_moments(x, y, gram: bool = True):
-    """Moments of the first ``k - 1`` pairs at entry ``k - 1``: ``S [b, n, d, d]`` (if asked), ``h [b, n, d]``."""
-    c = prefix_counts(x.shape[-2], x.dtype)
-    h = shifted_cumsum(y[..., None] * x, axis=1) / c[:, None]
-    if not gram:
-        return None, h
-    s = shifted_cumsum(x[..., :, None] * x[..., None, :], axis=1) / c[:, None, None]
-    return s, h
-
-
 @jax.jit
 def _gd_from_moments(s, h, etas, precs):
     """K GD steps from zero given moments ``s [..., d, d]``, ``h [..., d]``; returns ``w [..., d]``."""
@@ -164,7 +151,7 @@ class GradientDescent(JittedPredictor):
     def weights(self, x, y):
         x, y = check_context("gradient_descent", x, y)
         etas, precs = self._params(x.shape[-1], x.dtype)
-        return _gd_from_moments(*_moments(x, y), etas, precs)
+        return _gd_from_moments(*context_moments(x, y), etas, precs)
 
     def _call(self, prompts):
         x, y = check_prompts("gradient_descent", prompts)
@@ -175,8 +162,8 @@ class GradientDescent(JittedPredictor):
         x, y = check_context("gradient_descent", x, y)
         etas, precs = self._params(x.shape[-1], x.dtype)
         if etas.shape[0] == 1:
-            return etas[0] * _prefix_moments(x, y, gram=False)[1] @ precs[0].T
-        return _gd_from_moments(*_prefix_moments(x, y), etas, precs)
+            return etas[0] * prefix_context_moments(x, y, gram=False)[1] @ precs[0].T
+        return _gd_from_moments(*prefix_context_moments(x, y), etas, precs)
 
     def _prefix(self, prompts):
         x, y = check_prompts("gradient_descent", prompts, query=False)
@@ -279,7 +266,7 @@ class GDPlusPlus(JittedPredictor):
 
     def weights(self, x, y):
         x, y = check_context("gd_plus_plus", x, y)
-        return _gdpp_from_moments(*_moments(x, y), *self._params(x.shape[-1], x.dtype))
+        return _gdpp_from_moments(*context_moments(x, y), *self._params(x.shape[-1], x.dtype))
 
     def _call(self, prompts):
         x, y = check_prompts("gd_plus_plus", prompts)
@@ -287,7 +274,7 @@ class GDPlusPlus(JittedPredictor):
 
     def prefix_weights(self, x, y):
         x, y = check_context("gd_plus_plus", x, y)
-        return _gdpp_from_moments(*_prefix_moments(x, y), *self._params(x.shape[-1], x.dtype))
+        return _gdpp_from_moments(*prefix_context_moments(x, y), *self._params(x.shape[-1], x.dtype))
 
     def _prefix(self, prompts):
         x, y = check_prompts("gd_plus_plus", prompts, query=False)
@@ -321,7 +308,7 @@ class Averaging(JittedPredictor):
 
     def prefix_weights(self, x, y):
         x, y = check_context("averaging", x, y)
-        return _prefix_moments(x, y, gram=False)[1]
+        return prefix_context_moments(x, y, gram=False)[1]
 
     def _prefix(self, prompts):
         x, y = check_prompts("averaging", prompts, query=False)

@@ -15,9 +15,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from icl._pytree import pytree_dataclass, static_field
-from icl.predictors.base import JittedPredictor, as_leaf, check_context, check_int, check_prompts, check_scalar
-from icl.predictors.gd import _moments, _prefix_moments
+from icl.pytree import pytree_dataclass, static_field
+from icl.predictors.base import (JittedPredictor, as_leaf, check_context, check_int, check_prompts, check_scalar,
+                                 context_moments, prefix_context_moments)
 
 __all__ = ["Lasso", "lasso", "lasso_weights"]
 
@@ -66,7 +66,7 @@ class Lasso(JittedPredictor):
 
     def weights(self, x, y):
         x, y = check_context("lasso", x, y)
-        return _fista(*_moments(x, y), jnp.asarray(self.lam, x.dtype), self.steps, self.accelerated)
+        return _fista(*context_moments(x, y), jnp.asarray(self.lam, x.dtype), self.steps, self.accelerated)
 
     def _call(self, prompts):
         x, y = check_prompts("lasso", prompts)
@@ -74,7 +74,7 @@ class Lasso(JittedPredictor):
 
     def prefix_weights(self, x, y):
         x, y = check_context("lasso", x, y)
-        return _fista(*_prefix_moments(x, y), jnp.asarray(self.lam, x.dtype), self.steps, self.accelerated)
+        return _fista(*prefix_context_moments(x, y), jnp.asarray(self.lam, x.dtype), self.steps, self.accelerated)
 
     def _prefix(self, prompts):
         x, y = check_prompts("lasso", prompts, query=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from icl._pytree import pytree_dataclass, static_field
+from icl.pytree import pytree_dataclass, static_field
 from icl.predictors.base import JittedPredictor, as_leaf, check_int, check_prompts, check_scalar
 
 __all__ = ["KNearestNeighbours", "NadarayaWatson", "knn", "nadaraya_watson"]

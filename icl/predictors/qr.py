@@ -5,7 +5,7 @@ We keep its triangular factor ``R`` (``R^T R = X^T X + lam I`` restricted to the
 and add the context pairs one at a time with ``d`` Givens rotations each (``O(d^2)`` per pair, ``O(n d^2)``
 per prompt); the normal equations, whose condition number is the square of ``X``'s, are never formed.
 This is what makes float32 least squares finite and accurate where the Cholesky/Sherman-Morrison route gave
-NaN (issue 9, item 3).
+NaN.
 
 Rank. For ``lam > 0`` the working basis is the identity. For ``lam = 0`` (least squares, noiseless Bayes) the
 basis is grown with the context: a new pair ``x`` whose component ``e`` off the span of the earlier inputs
@@ -14,7 +14,7 @@ a pair inside the span (for example a duplicated row) only updates ``R`` and ``z
 the active directions only, which is the minimum-norm least-squares solution ``X^+ y`` (it lies in the row
 space). ``rtol = 16 d eps`` of the dtype, the usual numerical-rank threshold scale.
 
-Speed (issue 13). The recursion is run column by column (a systolic array): for ``j = 0..d-1`` one scan over
+Speed. The recursion is run column by column (a systolic array): for ``j = 0..d-1`` one scan over
 the pairs carries row ``j`` of ``[R z]`` and rotates every pair's remaining row against it, time-major over
 the whole batch, so each scan step is one fused elementwise rotation and nothing is copied or scattered
 (the pair-by-pair order with a ``fori_loop`` over ``.at[j].set`` cost ~3x more per prompt; unrolling the

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl._pytree import pytree_dataclass
+from icl.pytree import pytree_dataclass
 from icl.linalg import cholesky
 from icl.predictors import qr
 from icl.predictors.base import (

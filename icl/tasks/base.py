@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl._pytree import is_pytree, is_traced
+from icl.pytree import is_pytree, is_traced
 
 __all__ = [
     "GaussianLaw",
@@ -381,5 +381,5 @@ def _split_points(task: Task, key, batch: int, n: int, num_queries: int | None) 
 _sample_compiled = jax.jit(_split_points, static_argnames=("batch", "n", "num_queries"))
 
 
-def _dtype():
+def default_dtype():
     return jnp.asarray(0.0).dtype

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl._pytree import pytree_dataclass, static_field
-from icl.tasks.base import IIDLaw, Task, _dtype, check_non_negative, check_positive, check_positive_int
+from icl.pytree import pytree_dataclass, static_field
+from icl.tasks.base import IIDLaw, Task, default_dtype, check_non_negative, check_positive, check_positive_int
 
 __all__ = ["UniformLinearTask", "uniform_moments"]
 
@@ -53,7 +53,7 @@ class UniformLinearTask(Task):
         # One Gaussian draw split into x, w and noise; uniform coordinates by the probability integral
         # transform x = a erf(z / sqrt 2), exactly U(-a, a) for z ~ N(0, 1).
         d = self.d
-        z = jax.random.normal(key, (batch, m * (d + 1) + d), _dtype())
+        z = jax.random.normal(key, (batch, m * (d + 1) + d), default_dtype())
         xs = self.half_width * jax.scipy.special.erf(z[:, : m * d].reshape(batch, m, d) / np.sqrt(2.0))
         w = z[:, m * d : (m + 1) * d]
         noise = z[:, (m + 1) * d :]

@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl._pytree import pytree_dataclass, static_field
+from icl.pytree import pytree_dataclass, static_field
 from icl.tasks.base import (
     GaussianLaw,
     Task,
-    _dtype,
+    default_dtype,
     check_non_negative,
     check_positive,
     check_positive_int,
@@ -113,7 +113,7 @@ class LinearRegressionTask(Task):
 
     def _draw(self, key, batch: int, m: int):
         d = self.d
-        dtype = _dtype()
+        dtype = default_dtype()
         # One Gaussian draw split into x, w and noise: one PRNG call site compiles ~3x faster on CPU.
         z = jax.random.normal(key, (batch, m * (d + 1) + d), dtype)
         x_white = z[:, : m * d].reshape(batch, m, d)

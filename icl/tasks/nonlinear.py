@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl._pytree import pytree_dataclass, static_field
-from icl.tasks.base import TargetLaw, Task, _dtype, check_non_negative, check_positive, check_positive_int
+from icl.pytree import pytree_dataclass, static_field
+from icl.tasks.base import TargetLaw, Task, default_dtype, check_non_negative, check_positive, check_positive_int
 
 __all__ = ["LINKS", "ReluNetworkTask", "SingleIndexTask"]
 
@@ -69,7 +69,7 @@ class ReluNetworkTask(Task):
         d, m = self.d, self.width
         # One Gaussian draw split into x, W, v and noise (one PRNG call site compiles fastest on CPU).
         sizes = np.cumsum([pts * d, m * d, m])
-        z = jax.random.normal(key, (batch, int(sizes[-1]) + pts), _dtype())
+        z = jax.random.normal(key, (batch, int(sizes[-1]) + pts), default_dtype())
         x = z[:, : sizes[0]].reshape(batch, pts, d)
         w = z[:, sizes[0] : sizes[1]].reshape(batch, m, d) / np.sqrt(d)
         v = z[:, sizes[1] : sizes[2]]
@@ -180,7 +180,7 @@ class SingleIndexTask(Task):
 
     def _draw(self, key, batch: int, pts: int):
         d = self.d
-        z = jax.random.normal(key, (batch, (pts + 1) * d + pts), _dtype())  # one draw: x, u, noise
+        z = jax.random.normal(key, (batch, (pts + 1) * d + pts), default_dtype())  # one draw: x, u, noise
         x = z[:, : pts * d].reshape(batch, pts, d)
         u = self.index_std * z[:, pts * d : (pts + 1) * d]
         noise = z[:, (pts + 1) * d :]

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl._pytree import pytree_dataclass, static_field
+from icl.pytree import pytree_dataclass, static_field
 from icl.tasks.base import Task, check_positive_int
 
 __all__ = ["FiniteTaskPool"]

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl._pytree import pytree_dataclass, static_field
-from icl.tasks.base import GaussianLaw, Task, _dtype, check_non_negative, check_positive_int
+from icl.pytree import pytree_dataclass, static_field
+from icl.tasks.base import GaussianLaw, Task, default_dtype, check_non_negative, check_positive_int
 
 __all__ = ["SparseLinearTask"]
 
@@ -42,7 +42,7 @@ class SparseLinearTask(Task):
     def _draw(self, key, batch: int, m: int):
         # One Gaussian draw: x, w's values, scores whose top s pick the support (uniform over s-subsets), noise.
         d, s = self.d, self.s
-        z = jax.random.normal(key, (batch, m * (d + 1) + 2 * d), _dtype())
+        z = jax.random.normal(key, (batch, m * (d + 1) + 2 * d), default_dtype())
         xs = z[:, : m * d].reshape(batch, m, d)
         values = z[:, m * d : (m + 1) * d]
         scores = z[:, (m + 1) * d : (m + 2) * d]

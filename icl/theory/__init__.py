@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-from icl import _deprecation
 from icl.theory.api import (
     differentiable_risk,
     expected_hh,
@@ -41,9 +40,7 @@ from icl.theory.population import (
     conserved_quantity,
     flow_time_scales,
     gradient_flow_limit,
-    lsa_from_parameters,
     population_loss,
-    query_marginal_loss,
     train_population,
     zfb_initialization,
 )
@@ -62,7 +59,6 @@ __all__ = [
     "gradient_flow_limit",
     "law_of",
     "linear_part_norm2",
-    "lsa_from_parameters",
     "multistep_gd_risk",
     "one_step_risk",
     "optimal_gamma",
@@ -72,50 +68,8 @@ __all__ = [
     "optimal_step_size",
     "polynomial_risk",
     "population_loss",
-    "query_marginal_loss",
     "risk",
     "train_population",
     "wishart_trace_moments",
     "zfb_initialization",
 ]
-
-DEPRECATED: dict[str, tuple[str, str]] = {
-    "isotropic_optimal_step_size": (
-        "icl.theory.gaussian.isotropic_optimal_step_size",
-        "icl.optimal_step_size(icl.LinearRegressionTask.isotropic(d, noise_std, tau), n)",
-    ),
-    "isotropic_optimal_risk": (
-        "icl.theory.gaussian.isotropic_optimal_risk",
-        "icl.optimal_risk(icl.LinearRegressionTask.isotropic(d, noise_std, tau), n)",
-    ),
-    "one_step_gd_risk": ("icl.theory.gaussian.one_step_gd_risk", "icl.one_step_risk(eta, task, n)"),
-    "iid_optimal_step_size": (
-        "icl.theory.iid.iid_optimal_step_size",
-        "icl.optimal_step_size(task, n) (a UniformLinearTask, or icl.IIDLaw(d, s2, m4, noise_std))",
-    ),
-    "iid_one_step_risk": (
-        "icl.theory.iid.iid_one_step_risk",
-        "icl.one_step_risk(eta, task, n) (a UniformLinearTask, or icl.IIDLaw(d, s2, m4, noise_std))",
-    ),
-    "iid_optimal_risk": (
-        "icl.theory.iid.iid_optimal_risk",
-        "icl.optimal_risk(task, n) (a UniformLinearTask, or icl.IIDLaw(d, s2, m4, noise_std))",
-    ),
-    "nonlinear_optimal_step_size": (
-        "icl.theory.nonlinear.nonlinear_optimal_step_size",
-        "icl.optimal_step_size(task_or_moments, n) (moments = icl.estimate_moments(task, key), or icl.TargetLaw)",
-    ),
-    "nonlinear_one_step_risk": (
-        "icl.theory.nonlinear.nonlinear_one_step_risk",
-        "icl.one_step_risk(eta, task_or_moments, n) (moments = icl.estimate_moments(task, key), or icl.TargetLaw)",
-    ),
-    "nonlinear_optimal_risk": (
-        "icl.theory.nonlinear.nonlinear_optimal_risk",
-        "icl.optimal_risk(task_or_moments, n) (moments = icl.estimate_moments(task, key), or icl.TargetLaw)",
-    ),
-}
-
-
-def __getattr__(name: str):
-    """Deprecated names resolve to their implementation with a ``DeprecationWarning`` naming the replacement."""
-    return _deprecation.resolve("icl.theory", name, DEPRECATED)

@@ -13,12 +13,14 @@ Everything reported is computed in float64 numpy whatever the JAX precision; :fu
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax.numpy as jnp
 import numpy as np
 
 from icl.tasks.base import GaussianLaw, IIDLaw, TargetLaw, check_positive_int
+from icl.theory.gaussian import gaussian_moments, gaussian_optimum
+from icl.theory.iid import iid_moments
+from icl.theory.moments import Moments
+from icl.theory.nonlinear import TargetMoments, target_moments
 
 __all__ = [
     "differentiable_risk",
@@ -34,22 +36,11 @@ __all__ = [
 LAWS = (GaussianLaw, IIDLaw, TargetLaw)
 
 
-class Moments(NamedTuple):
-    """``S = E[x x^T]``, ``G = E[h (y_q x_q)^T]``, ``H = E[h h^T]`` (``[d, d]``) and ``A = E[y_q^2]``."""
-
-    s: np.ndarray
-    g: np.ndarray
-    h: np.ndarray
-    a: float
-
-
 def law_of(task):
     """The law theory uses for ``task``: a task's ``law()``, a law itself, or :class:`TargetMoments` estimates.
 
     Raises ValueError naming the family when it has no closed form here.
     """
-    from icl.theory.nonlinear import TargetMoments
-
     if isinstance(task, LAWS):
         law = task
     elif isinstance(task, TargetMoments) or callable(getattr(task, "law", None)):
@@ -73,15 +64,9 @@ def moments(task, n: int) -> Moments:
     n = check_positive_int("n", n)
     law = law_of(task)
     if isinstance(law, GaussianLaw):
-        from icl.theory.gaussian import gaussian_moments
-
         return gaussian_moments(law, n)
     if isinstance(law, IIDLaw):
-        from icl.theory.iid import iid_moments
-
         return iid_moments(law, n)
-    from icl.theory.nonlinear import target_moments
-
     return target_moments(law, n)
 
 
@@ -146,8 +131,6 @@ def optimal_gamma(task, n: int) -> np.ndarray:
     law = law_of(task)
     n = check_positive_int("n", n)
     if isinstance(law, GaussianLaw):
-        from icl.theory.gaussian import gaussian_optimum
-
         return gaussian_optimum(law, n)[0]
     m = moments(law, n)
     return np.linalg.solve(m.s, np.linalg.solve(m.h, m.g).T)  # S^{-1} G^T H^{-1} (H symmetric)
@@ -159,8 +142,6 @@ def optimal_risk(task, n: int) -> float:
     law = law_of(task)
     n = check_positive_int("n", n)
     if isinstance(law, GaussianLaw):
-        from icl.theory.gaussian import gaussian_optimum
-
         return gaussian_optimum(law, n)[1]
     m = moments(law, n)
     return float(m.a - np.trace(optimal_gamma(law, n) @ m.g))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from icl.tasks.base import GaussianLaw, check_non_negative, check_positive, check_positive_int
+from icl.tasks.base import GaussianLaw
+from icl.theory.moments import Moments
 
 __all__: list[str] = []
 
@@ -12,8 +13,6 @@ __all__: list[str] = []
 def gaussian_moments(law: GaussianLaw, n: int):
     """``S = Sigma``, ``G = Sigma Omega Sigma``, ``H = (1 + 1/n) Sigma Omega Sigma + (tr(Omega Sigma) + sigma^2)/n
     Sigma``, ``A = tr(Sigma Omega) + sigma^2`` (docs/theory.md §3)."""
-    from icl.theory.api import Moments
-
     s, o, sigma2 = law.x_cov, law.w_cov, law.noise_std**2
     sos = s @ o @ s
     sos = 0.5 * (sos + sos.T)
@@ -39,42 +38,3 @@ def gaussian_optimum(law: GaussianLaw, n: int) -> tuple[np.ndarray, float]:
     gamma = law.w_cov @ root @ np.linalg.solve(k, inv_root)
     r = float(np.trace(m) + sigma2 - np.trace(m @ k_inv_m))
     return gamma, r
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Deprecated (resolved through icl.theory.DEPRECATED with a DeprecationWarning)
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _isotropic(d, n, noise_std, tau):
-    n = check_positive_int("n", n)
-    d = check_positive_int("d", d)
-    noise_std = check_non_negative("noise_std", noise_std)
-    tau = check_positive("tau", tau)
-    return d, n, noise_std, tau
-
-
-def isotropic_optimal_step_size(d: int, n: int, noise_std: float = 0.0, tau: float = 1.0) -> float:
-    """Deprecated: ``icl.optimal_step_size(icl.LinearRegressionTask.isotropic(d, noise_std, tau), n)``.
-
-    ``eta* = n / (n + d + 1 + sigma^2/tau^2)`` (Mahankali, Hashimoto & Ma 2023, Thm 1; docs/theory.md §3).
-    """
-    d, n, noise_std, tau = _isotropic(d, n, noise_std, tau)
-    return n / (n + d + 1 + noise_std**2 / tau**2)
-
-
-def isotropic_optimal_risk(d: int, n: int, noise_std: float = 0.0, tau: float = 1.0) -> float:
-    """Deprecated: ``icl.optimal_risk(icl.LinearRegressionTask.isotropic(d, noise_std, tau), n)``.
-
-    ``R* = d tau^2 (d + 1 + sigma^2/tau^2) / (n + d + 1 + sigma^2/tau^2) + sigma^2`` (Mahankali Thm 1).
-    """
-    d, n, noise_std, tau = _isotropic(d, n, noise_std, tau)
-    r = noise_std**2 / tau**2
-    return d * tau**2 * (d + 1 + r) / (n + d + 1 + r) + noise_std**2
-
-
-def one_step_gd_risk(eta, task, n: int):
-    """Deprecated: :func:`icl.theory.one_step_risk` (same arguments)."""
-    from icl.theory.api import one_step_risk
-
-    return one_step_risk(eta, task, n)

@@ -16,41 +16,14 @@ from __future__ import annotations
 import numpy as np
 
 from icl.tasks.base import IIDLaw
+from icl.theory.moments import Moments
 
 __all__: list[str] = []
 
 
 def iid_moments(law: IIDLaw, n: int):
     """``S, G, H, A`` of the module docstring (float64)."""
-    from icl.theory.api import Moments
-
     d, s2, m4, tau2, sigma2 = law.d, law.s2, law.m4, law.w_var, law.noise_std**2
     q = (tau2 * ((n + d - 2) * s2**2 + m4) + sigma2 * s2) / n
     eye = np.eye(d)
     return Moments(s=s2 * eye, g=s2**2 * tau2 * eye, h=q * eye, a=d * s2 * tau2 + sigma2)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Deprecated (resolved through icl.theory.DEPRECATED with a DeprecationWarning)
-# ----------------------------------------------------------------------------------------------------------
-
-
-def iid_one_step_risk(eta, d: int, n: int, s2: float, m4: float, noise_std: float = 0.0):
-    """Deprecated: ``icl.one_step_risk(eta, icl.IIDLaw(d, s2, m4, noise_std), n)`` (or a task's law)."""
-    from icl.theory.api import one_step_risk
-
-    return one_step_risk(eta, IIDLaw(d, s2, m4, noise_std), n)
-
-
-def iid_optimal_step_size(d: int, n: int, s2: float, m4: float, noise_std: float = 0.0) -> float:
-    """Deprecated: ``icl.optimal_step_size(icl.IIDLaw(d, s2, m4, noise_std), n)``."""
-    from icl.theory.api import optimal_step_size
-
-    return optimal_step_size(IIDLaw(d, s2, m4, noise_std), n)
-
-
-def iid_optimal_risk(d: int, n: int, s2: float, m4: float, noise_std: float = 0.0) -> float:
-    """Deprecated: ``icl.optimal_risk(icl.IIDLaw(d, s2, m4, noise_std), n)``."""
-    from icl.theory.api import optimal_risk
-
-    return optimal_risk(IIDLaw(d, s2, m4, noise_std), n)

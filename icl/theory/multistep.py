@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icl.tasks.base import GaussianLaw, check_positive_int
+from icl.theory.api import law_of
 
 __all__ = [
     "gd_plus_plus_polynomial",
@@ -129,8 +130,6 @@ def gd_plus_plus_polynomial(step_sizes, gammas) -> jax.Array:
 
 
 def _gaussian_law(task, what: str) -> GaussianLaw:
-    from icl.theory.api import law_of
-
     law = law_of(task)
     if not isinstance(law, GaussianLaw):
         raise ValueError(f"{what} needs Gaussian inputs (a GaussianLaw); {law.family} has none: the exact K-step "

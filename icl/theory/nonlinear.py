@@ -17,22 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl._pytree import is_pytree
+from icl.pytree import is_pytree
 from icl.tasks.base import TargetLaw, check_positive_int
+from icl.theory.moments import Moments
 
 __all__ = ["TargetMoments", "estimate_moments", "linear_part_norm2"]
 
 
 def target_moments(law: TargetLaw, n: int):
     """``S = I``, ``G = (B/d) I``, ``H = ((n - 1) B + C)/(n d) I``, ``A`` (docs/theory.md §4), float64."""
-    from icl.theory.api import Moments
-
     eye = np.eye(law.d)
     return Moments(s=eye, g=law.b / law.d * eye, h=((n - 1) * law.b + law.c) / (n * law.d) * eye, a=law.a)
 
@@ -87,11 +85,6 @@ class TargetMoments:
         n = check_positive_int("n", n)
         return self._delta(lambda a, b, c: a - _eta(b, c, n) * b)
 
-    def eta(self, n: int) -> tuple[float, float]:
-        """Deprecated: :meth:`optimal_step_size`."""
-        warnings.warn("TargetMoments.eta is deprecated; use TargetMoments.optimal_step_size(n)", DeprecationWarning,
-                      stacklevel=2)
-        return self.optimal_step_size(n)
 
 
 def _eta(b, c, n):
@@ -185,39 +178,3 @@ def _norm2_sums(task, static_task, keys, chunk):
         return None, (norm2.sum(), (norm2**2).sum())
 
     return jax.lax.scan(one_chunk, None, keys)[1]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Deprecated moment-level functions (resolved through icl.theory.DEPRECATED with a DeprecationWarning)
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _check_abc(n, **values):
-    n = check_positive_int("n", n)
-    out = []
-    for name, v in values.items():
-        v = float(v)
-        if not (np.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        out.append(v)
-    return n, out
-
-
-def nonlinear_optimal_step_size(b: float, c: float, n: int) -> float:
-    """Deprecated: ``icl.optimal_step_size(task_or_moments, n)``; ``eta = n B / ((n - 1) B + C)`` (§4)."""
-    n, (b, c) = _check_abc(n, b=b, c=c)
-    return _eta(b, c, n)
-
-
-def nonlinear_one_step_risk(eta, a: float, b: float, c: float, n: int):
-    """Deprecated: ``icl.one_step_risk(eta, task_or_moments, n)``; ``A - 2 eta B + eta^2 ((n - 1) B + C) / n``."""
-    n, (a, b, c) = _check_abc(n, a=a, b=b, c=c)
-    eta = np.asarray(eta, dtype=np.float64)
-    out = a - 2 * eta * b + eta**2 * ((n - 1) * b + c) / n
-    return float(out) if out.ndim == 0 else out
-
-
-def nonlinear_optimal_risk(a: float, b: float, c: float, n: int) -> float:
-    """Deprecated: ``icl.optimal_risk(task_or_moments, n)``; ``R* = A - eta B`` (Mahankali et al. 2023, Thm 3)."""
-    n, (a, b, c) = _check_abc(n, a=a, b=b, c=c)
-    return a - _eta(b, c, n) * b

@@ -35,9 +35,7 @@ __all__ = [
     "conserved_quantity",
     "flow_time_scales",
     "gradient_flow_limit",
-    "lsa_from_parameters",
     "population_loss",
-    "query_marginal_loss",
     "train_population",
     "zfb_initialization",
 ]
@@ -220,51 +218,3 @@ def train_population(task, n: int, c0, a0, flow_time: float | None = None, dt: f
     return PopulationFlow(c=c, a_mat=a, gamma=gamma, times=dt * per_record * np.arange(records + 1),
                           losses=losses, conserved=conserved, c_path=c_path, a_path=a_path, dt=float(dt),
                           steps=int(steps), method=method)
-
-
-def lsa_from_parameters(c, a_mat):
-    """A one-layer :class:`icl.LinearTransformer` with ``W^PV = [[0, 0], [0, c]]``, ``W^KQ = [[A, 0], [0, 0]]``.
-
-    Its predictions are ``x_q^T (c A^T) h`` (ZFB's parametrisation, ``b = a = 0``); evaluate it on sampled prompts
-    to check the population closed forms by Monte Carlo.
-    """
-    from flax import nnx
-
-    from icl.models import LinearTransformer  # lazily: icl.models imports icl.theory's neighbours
-
-    a_mat = np.asarray(a_mat, np.float64)
-    d = a_mat.shape[-1]
-    if a_mat.shape != (d, d):
-        raise ValueError(f"a_mat must be a square [d, d] matrix, got shape {a_mat.shape}")
-    model = LinearTransformer(d, 1, init_scale=0.0, rngs=nnx.Rngs(0))
-    w_pv = np.zeros((d + 1, d + 1))
-    w_pv[d, d] = float(c)
-    w_kq = np.zeros((d + 1, d + 1))
-    w_kq[:d, :d] = a_mat
-    layer = model.layers[0]
-    layer.w_pv[...] = jnp.asarray(w_pv, layer.w_pv[...].dtype)
-    layer.w_kq[...] = jnp.asarray(w_kq, layer.w_kq[...].dtype)
-    return model
-
-
-def query_marginal_loss(task):
-    """A training loss for :func:`icl.train` with the query averaged out exactly (Rao-Blackwellised).
-
-    For a predictor linear in the query, ``y_hat = x_q^T w_hat(context)`` (every LSA stack, GD and GD++),
-    ``E[(y_hat - y_q)^2 | context, w] = (w_hat - w)^T Sigma (w_hat - w) + sigma^2`` for a linear task with
-    Gaussian label noise: the same population loss as the query MSE with a smaller variance per prompt.
-    ``w_hat = d y_hat / d x_q`` is read by ``sensitivities``; needs ``prompts.w``. Returns
-    ``loss_fn(model, prompts) -> scalar``.
-    """
-    x_cov = np.asarray(task.x_second_moment() if hasattr(task, "x_second_moment") else task.x_cov, np.float64)
-    noise2 = float(task.noise_std) ** 2
-
-    def loss_fn(model, prompts):
-        try:
-            from icl.evaluate import sensitivities
-        except ImportError:  # transitional: the evaluator is being rebuilt
-            from icl.analysis import sensitivities
-        err = sensitivities(model, prompts) - prompts.w
-        return jnp.mean(jnp.einsum("bi,ij,bj->b", err, jnp.asarray(x_cov, err.dtype), err)) + noise2
-
-    return loss_fn

@@ -12,7 +12,7 @@ import dataclasses
 
 import jax
 
-__all__ = ["pytree_dataclass", "static_field"]
+__all__ = ["pytree_dataclass", "static_field", "is_pytree", "is_traced", "Static"]
 
 
 def static_field(**kwargs):
@@ -62,3 +62,19 @@ def is_pytree(obj) -> bool:
 def is_traced(*trees) -> bool:
     """True when any leaf of ``trees`` is a tracer (the call runs inside ``jit``, ``vmap`` or ``grad``)."""
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
+
+
+class Static:
+    """Carries a non-pytree object (a plain function, a task that is not a pytree) through ``jit`` as static
+    data, hashed and compared by identity: ``Static(obj).value is obj``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self):
+        return id(self.value)
+
+    def __eq__(self, other):
+        return isinstance(other, Static) and other.value is self.value
