@@ -95,12 +95,12 @@ def check_output(name: str, out, prompts, prefix: bool = False, variance: bool |
         raise ValueError(f"{name}'s {what} must be one array of shape {want}, got a {type(out).__name__} of "
                          f"{len(out)} (a mean-and-variance predictor sets returns_variance = True)")
     if pair and len(out) != 2:
-        raise ValueError(f"{name}: {what} must be an array {want} or a (mean, variance) pair of those, "
+        raise ValueError(f"predictor {name}: {what} must be an array {want} or a (mean, variance) pair of those, "
                          f"got a sequence of {len(out)} items")
     for part, arr in zip(("mean", "variance"), out) if pair else [("", out)]:
         if _shape(arr) != want:
             label = f"{what} {part}".strip()
-            raise ValueError(f"{name}: {label} must have shape {want} ([batch{', n' if prefix else ''}]), "
+            raise ValueError(f"predictor {name}: {label} must have shape {want} ([batch{', n' if prefix else ''}]), "
                              f"got {_shape(arr)}")
     return out
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl.predictors.base import has_prefix, predictor_name, returns_variance
+from icl.protocol import has_prefix, predictor_name, returns_variance
 from icl.tasks.base import check_positive_int
 
 __all__ = [

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import icl
+import icl.protocol
 import icl.predictors as ip
 from icl.tasks import Prompts
 from tests.helpers import assert_close, rel_err, x64
@@ -72,17 +73,17 @@ def test_prefix_entry_k_equals_the_predictor_on_the_first_k_minus_1_pairs(name):
         p = FACTORIES[name]()
         prompts = make_prompts(seed=1)
         got = prefix(p, prompts)
-        ip.check_output(name, got, prompts, prefix=True)
-        got_mean = got[0] if ip.returns_variance(p) else got
+        icl.protocol.check_output(name, got, prompts, prefix=True)
+        got_mean = got[0] if icl.protocol.returns_variance(p) else got
         # k = 1: the explicit no-data answer, 0 (and the prior predictive variance for Bayes).
         assert np.all(np.asarray(got_mean[:, 0]) == 0.0)
-        if ip.returns_variance(p):
+        if icl.protocol.returns_variance(p):
             x1 = np.asarray(prompts.x[:, 0])
             assert_close(got[1][:, 0], 0.09 + np.einsum("bi,ij,bj->b", x1, OMEGA, x1), what=f"{name} k=1 var")
         for k in (D, N):  # with k = 1 above: the lengths 1, d, n (each k is a new shape to compile)
             want = call(p, truncated(prompts, k))
-            ip.check_output(name, want, truncated(prompts, k))
-            if ip.returns_variance(p):
+            icl.protocol.check_output(name, want, truncated(prompts, k))
+            if icl.protocol.returns_variance(p):
                 assert_close(got[0][:, k - 1], want[0], what=f"{name} mean k={k}")
                 assert_close(got[1][:, k - 1], want[1], what=f"{name} var k={k}")
             else:
@@ -223,7 +224,7 @@ def test_a_plain_weights_function_is_a_predictor_without_prefix():
     p = make_prompts(seed=11, dtype=np.float32)
     avg = ip.linear_predictor(lambda x, y: jnp.einsum("bnd,bn->bd", x, y) / x.shape[-2])
     assert_close(call(avg, p), call(ip.averaging(), p), rtol=1e-6)
-    assert not ip.has_prefix(avg) and ip.has_prefix(ip.averaging())
+    assert not icl.protocol.has_prefix(avg) and icl.protocol.has_prefix(ip.averaging())
     with pytest.raises(ValueError, match="no prefix"):
         avg.prefix(p)
 
@@ -243,7 +244,7 @@ def test_hyper_parameters_are_leaves_so_one_compilation_serves_every_value():
 
 def test_library_names_are_exported_unchanged():
     for name in ("gradient_descent", "ridge", "least_squares", "bayes_posterior_mean", "averaging", "knn", "lasso",
-                 "nadaraya_watson", "bayes_predictive", "gd_plus_plus", "check_output", "returns_variance"):
+                 "nadaraya_watson", "bayes_predictive", "gd_plus_plus"):
         assert getattr(icl, name) is getattr(ip, name)
 
 
@@ -298,12 +299,12 @@ def test_bad_prompt_shapes_raise_value_error_naming_the_field(name):
 def test_check_output_names_the_predictor_on_a_wrong_shape():
     p = make_prompts(seed=14, dtype=np.float32)
     b = p.x.shape[0]
-    ip.check_output("mine", jnp.zeros(b), p)
-    ip.check_output("mine", (jnp.zeros((b, N)), jnp.ones((b, N))), p, prefix=True)
+    icl.protocol.check_output("mine", jnp.zeros(b), p)
+    icl.protocol.check_output("mine", (jnp.zeros((b, N)), jnp.ones((b, N))), p, prefix=True)
     for bad, pre in [(jnp.zeros((b, 1)), False), (jnp.zeros(b), True), ((jnp.zeros(b), jnp.zeros(b + 1)), False),
                      ((jnp.zeros(b),) * 3, False)]:
         with pytest.raises(ValueError, match="predictor mine"):
-            ip.check_output("mine", bad, p, prefix=pre)
+            icl.protocol.check_output("mine", bad, p, prefix=pre)
 
 
 # ----------------------------------------------------------------------------------------------------------

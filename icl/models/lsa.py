@@ -217,8 +217,8 @@ class LinearTransformer(nnx.Module):
         self.layers = nnx.List(
             [LinearSelfAttention(d, init_scale=init_scale, init_diag=init_diag, rngs=rngs) for _ in range(num_layers)]
         )
-        self._spec = dict(d=int(d), num_layers=int(num_layers), init_scale=float(init_scale),
-                          init_diag=float(init_diag), variance_head=bool(variance_head))
+        self._spec = tuple(dict(d=int(d), num_layers=int(num_layers), init_scale=float(init_scale),
+                                init_diag=float(init_diag), variance_head=bool(variance_head)).items())
         if variance_head:
             self.returns_variance = True
             dtype = self.layers[0].w_pv[...].dtype

@@ -72,7 +72,7 @@ class SparseLinearTransformer(nnx.Module):
         check_positive_int("num_layers", num_layers)
         self.d = check_positive_int("d", d)
         self.layers = nnx.List([SparseLSALayer(d, init_scale=init_scale, rngs=rngs) for _ in range(num_layers)])
-        self._spec = dict(d=int(d), num_layers=int(num_layers), init_scale=float(init_scale))
+        self._spec = tuple(dict(d=int(d), num_layers=int(num_layers), init_scale=float(init_scale)).items())
 
     def spec(self) -> dict:
         """Constructor keyword arguments that rebuild this model's structure (the model protocol)."""

@@ -1,6 +1,6 @@
 """Every predictor in one home: ``p(prompts) -> [batch]`` and ``p.prefix(prompts) -> [batch, n]``.
 
-Protocol (:mod:`icl.predictors.base`): ``p(prompts)`` predicts the query from the whole context;
+Protocol (:mod:`icl.protocol`): ``p(prompts)`` predicts the query from the whole context;
 ``p.prefix(prompts)[:, k - 1]`` predicts ``y_k`` from ``x_k`` using the first ``k - 1`` pairs (Garg et al.
 2022; 0 at ``k = 1``), docs/theory.md §10. Mean-and-variance predictors (``returns_variance = True``) return
 ``(mean, var)`` pairs. Library predictors are pytrees whose hyper-parameters are leaves.
@@ -11,7 +11,7 @@ Protocol (:mod:`icl.predictors.base`): ``p(prompts)`` predicts the query from th
 - :mod:`~icl.predictors.lasso`: LASSO by FISTA. :mod:`~icl.predictors.nonparametric`: k-NN, Nadaraya-Watson.
 """
 
-from icl.predictors.base import Predictor, check_output, has_prefix, predictor_name, returns_variance
+from icl.predictors.base import Predictor
 from icl.predictors.gd import (
     Averaging,
     GDPlusPlus,
@@ -24,6 +24,7 @@ from icl.predictors.gd import (
     gradient_descent,
     linear_predictor,
 )
+from icl.predictors.dmmse import DiscreteMMSE, DiscreteMMSEPredictive, dmmse
 from icl.predictors.lasso import Lasso, lasso, lasso_weights
 from icl.predictors.nonparametric import KNearestNeighbours, NadarayaWatson, knn, nadaraya_watson
 from icl.predictors.regression import (
@@ -45,10 +46,6 @@ from icl.predictors.regression import (
 __all__ = [
     # protocol
     "Predictor",
-    "check_output",
-    "returns_variance",
-    "has_prefix",
-    "predictor_name",
     # factories
     "gradient_descent",
     "gd_plus_plus",
@@ -82,12 +79,7 @@ __all__ = [
     "posterior",
     "predictive_variance",
     "recursive_least_squares_weights",
+    "DiscreteMMSE",
+    "DiscreteMMSEPredictive",
+    "dmmse",
 ]
-
-try:  # the discrete-prior MMSE predictors (icl/predictors/dmmse.py, written alongside)
-    from icl.predictors.dmmse import DiscreteMMSE, DiscreteMMSEPredictive, dmmse  # noqa: E402
-except ModuleNotFoundError as _err:  # transitional: not written yet
-    if _err.name != "icl.predictors.dmmse":
-        raise
-else:
-    __all__ += ["DiscreteMMSE", "DiscreteMMSEPredictive", "dmmse"]

@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Predictor", "check_output", "returns_variance", "has_prefix", "predictor_name"]
+from icl.protocol import predictor_name
+
+__all__ = ["Predictor"]
 
 
 class Predictor:
@@ -29,6 +31,16 @@ class Predictor:
     """
 
     returns_variance = False
+    has_prefix = False  # set per subclass: whether it overrides prefix
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "has_prefix" not in cls.__dict__:
+            cls.has_prefix = cls._overrides_prefix()
+
+    @classmethod
+    def _overrides_prefix(cls) -> bool:
+        return cls.prefix is not Predictor.prefix
 
     def __call__(self, prompts):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} does not implement __call__")
@@ -54,6 +66,11 @@ class JittedPredictor(Predictor):
     ``jax.jit`` (the predictor is a pytree argument): eager calls compile once per class, shape and dtype,
     for every value of the hyper-parameters. Inside an outer ``jit`` the inner one is inlined."""
 
+    @classmethod
+    def _overrides_prefix(cls) -> bool:
+        base = globals().get("JittedPredictor", cls)  # JittedPredictor itself has no prefix
+        return cls._prefix is not base._prefix
+
     def __call__(self, prompts):
         return _call_jit(self, prompts)
 
@@ -69,54 +86,8 @@ class JittedPredictor(Predictor):
         raise NotImplementedError
 
 
-def predictor_name(p) -> str:
-    """A short human-readable name of a predictor (class name or function name)."""
-    if isinstance(p, Predictor):
-        return type(p).__name__
-    return getattr(p, "__name__", None) or type(p).__name__
-
-
-def returns_variance(p) -> bool:
-    """Whether ``p`` returns ``(mean, variance)`` pairs (class attribute ``returns_variance``)."""
-    return bool(getattr(p, "returns_variance", False))
-
-
-def has_prefix(p) -> bool:
-    """Whether ``p`` has a working ``prefix`` (library predictors without one inherit the raising default)."""
-    if isinstance(p, JittedPredictor):
-        return type(p)._prefix is not JittedPredictor._prefix
-    method = getattr(type(p), "prefix", None) if isinstance(p, Predictor) else getattr(p, "prefix", None)
-    return callable(method) and method is not Predictor.prefix
-
-
 def _shape(a):
     return tuple(getattr(a, "shape", np.shape(a)))
-
-
-def check_output(name: str, out, prompts, prefix: bool = False):
-    """Check a predictor's output shape; return ``out`` unchanged.
-
-    A mean predictor must return ``[batch]`` (``[batch, n]`` for ``prefix=True``); a mean-and-variance
-    predictor a pair ``(mean, var)`` of those shapes. Works on tracers (shapes are static). Raises
-    ValueError naming ``name`` (the predictor) and the shapes.
-    """
-    b, n = prompts.x.shape[0], prompts.x.shape[1]
-    want = (b, n) if prefix else (b,)
-    what = "prefix output" if prefix else "output"
-    if isinstance(out, (tuple, list)):
-        if len(out) != 2:
-            raise ValueError(
-                f"predictor {name}: {what} must be an array {want} or a (mean, variance) pair of those, "
-                f"got a sequence of {len(out)} items"
-            )
-        for part, arr in zip(("mean", "variance"), out):
-            if _shape(arr) != want:
-                raise ValueError(f"predictor {name}: {what} {part} must have shape {want}, got {_shape(arr)}")
-        return out
-    if _shape(out) != want:
-        raise ValueError(f"predictor {name}: {what} must have shape {want} ([batch{', n' if prefix else ''}]), "
-                         f"got {_shape(out)}")
-    return out
 
 
 def check_prompts(name: str, prompts, query: bool = True):
