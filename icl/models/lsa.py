@@ -270,6 +270,16 @@ class LinearTransformer(nnx.Module):
             context, query = layer(context, query, update_context=(i < last) or not query_only)
         return context, query
 
+    def hidden_states(self, prompts: Prompts) -> list[jax.Array]:
+        """Tokens ``[batch, n + 1, d + 1]`` (context rows, then the query) before the first layer and after each."""
+        check_model_prompts(prompts, self.d, "model")
+        context, query = prompt_tokens(prompts)
+        states = [jnp.concatenate([context, query[:, None]], axis=1)]
+        for layer in self.layers:
+            context, query = layer(context, query)
+            states.append(jnp.concatenate([context, query[:, None]], axis=1))
+        return states
+
     def _output(self, query: jax.Array):
         mean = query[..., -1]
         if not self.returns_variance:

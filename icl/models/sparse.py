@@ -110,6 +110,21 @@ class SparseLinearTransformer(nnx.Module):
             r, q = layer(prompts.x, r, prompts.x_query, q)
         return -q
 
+    def hidden_states(self, prompts: Prompts) -> list[jax.Array]:
+        """Tokens ``[x_i; r_i]`` and ``[x_q; q]`` as ``[batch, n + 1, d + 1]`` before the first layer and after each."""
+        check_model_prompts(prompts, self.d, "model")
+        r, q = prompts.y, jnp.zeros_like(prompts.y_query)
+        x = jnp.concatenate([prompts.x, prompts.x_query[:, None]], axis=1)
+
+        def tokens():
+            return jnp.concatenate([x, jnp.concatenate([r, q[:, None]], axis=1)[..., None]], axis=-1)
+
+        states = [tokens()]
+        for layer in self.layers:
+            r, q = layer(prompts.x, r, prompts.x_query, q)
+            states.append(tokens())
+        return states
+
     def prefix(self, prompts: Prompts) -> jax.Array:
         """Every-prefix predictions ``[batch, n]`` (Garg's convention; entry 0 is 0): the Gram form of the stack."""
         check_model_prompts(prompts, self.d, "model")
