@@ -159,13 +159,6 @@ def check_scalar(name: str, value, *, positive: bool = False, nonnegative: bool 
     return arr
 
 
-def check_int(name: str, value, minimum: int = 1) -> int:
-    """Validate an integer ``>= minimum`` (a static hyper-parameter such as k or a number of steps)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def prefix_counts(n: int, dtype) -> jax.Array:
     """``max(k - 1, 1)`` for ``k = 1..n``: the number of context pairs before point ``k`` (1 at ``k = 1``,
     where every sum is empty, so the no-data answer is ``0 / 1 = 0``, never ``0 / 0``)."""

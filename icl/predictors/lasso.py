@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from icl.pytree import pytree_dataclass, static_field
-from icl.predictors.base import (JittedPredictor, as_leaf, check_context, check_int, check_prompts, check_scalar,
+from icl.tasks.base import check_int
+from icl.predictors.base import (JittedPredictor, as_leaf, check_context, check_prompts, check_scalar,
                                  context_moments, prefix_context_moments)
 
 __all__ = ["Lasso", "lasso", "lasso_weights"]

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from icl.pytree import pytree_dataclass, static_field
-from icl.predictors.base import JittedPredictor, as_leaf, check_int, check_prompts, check_scalar
+from icl.tasks.base import check_int
+from icl.predictors.base import JittedPredictor, as_leaf, check_prompts, check_scalar
 
 __all__ = ["KNearestNeighbours", "NadarayaWatson", "knn", "nadaraya_watson"]
 

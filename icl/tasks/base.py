@@ -27,6 +27,7 @@ __all__ = [
     "Prompts",
     "TargetLaw",
     "Task",
+    "check_int",
     "check_non_negative",
     "check_positive",
     "check_positive_int",
@@ -76,11 +77,18 @@ class IllConditionedWarning(RuntimeWarning):
 # ----------------------------------------------------------------------------------------------------------
 
 
+def check_int(name: str, value, minimum: int | None = 1) -> int:
+    """Return ``value`` as an int, or raise ValueError naming ``name`` unless it is an integer >= ``minimum``
+    (any integer for ``minimum=None``). The one integer check of the library."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or (
+            minimum is not None and value < minimum):
+        raise ValueError(f"{name} must be an integer{'' if minimum is None else f' >= {minimum}'}, got {value!r}")
+    return int(value)
+
+
 def check_positive_int(name: str, value) -> int:
     """Return ``value`` as an int, or raise ValueError naming ``name`` unless it is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
+    return check_int(name, value, 1)
 
 
 def _as_real(name: str, value) -> float:
