@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from icl.tasks.base import Prompts, check_positive_int
+from icl.tasks.base import Prompts, check_positive_int, check_prompt_shapes
 
 __all__ = [
     "lsa_from_parameters",
@@ -54,15 +54,8 @@ def prompt_tokens(prompts: Prompts) -> tuple[jax.Array, jax.Array]:
 
 
 def check_model_prompts(prompts, d: int, who: str) -> None:
-    if not hasattr(prompts, "x_query") or not hasattr(prompts, "x"):
-        raise ValueError(f"prompts must be icl.Prompts, got {type(prompts).__name__}")
-    if prompts.x.ndim != 3 or prompts.y.shape != prompts.x.shape[:2]:
-        raise ValueError(f"prompts must have x [batch, n, d] and y [batch, n], got x {prompts.x.shape}, y {prompts.y.shape}")
-    if prompts.x_query.ndim != 2:
-        raise ValueError(f"prompts.x_query must be [batch, d] (one query per prompt; use icl.tasks.each_query for "
-                         f"several), got shape {prompts.x_query.shape}")
-    if prompts.d != d:
-        raise ValueError(f"prompts have d={prompts.d} but the {who} was built with d={d}")
+    """:func:`icl.tasks.check_prompt_shapes` for a model built with input dimension ``d``."""
+    check_prompt_shapes(prompts, who=who, d=d)
 
 
 @jax.jit

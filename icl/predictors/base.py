@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icl.protocol import predictor_name
+from icl.tasks.base import check_prompt_shapes
 
 __all__ = ["Predictor"]
 
@@ -91,25 +92,8 @@ def _shape(a):
 
 
 def check_prompts(name: str, prompts, query: bool = True):
-    """Validate the prompt shapes a predictor relies on (static shapes, so it works under ``jit``).
-
-    ``x`` must be ``[batch, n, d]``, ``y`` ``[batch, n]`` and (if ``query``) ``x_query`` ``[batch, d]``;
-    a ValueError names the predictor and the field (``prompts.y`` ...).
-    """
-    x, y = prompts.x, prompts.y
-    if len(_shape(x)) != 3:
-        raise ValueError(f"predictor {name}: prompts.x must have shape [batch, n, d], got {_shape(x)}")
-    b, n, d = _shape(x)
-    if _shape(y) != (b, n):
-        raise ValueError(f"predictor {name}: prompts.y must have shape [batch, n] = {(b, n)}, got {_shape(y)}")
-    if query and _shape(prompts.x_query) != (b, d):
-        several = len(_shape(prompts.x_query)) == 3
-        extra = " (several queries per prompt: apply icl.tasks.each_query first)" if several else ""
-        raise ValueError(
-            f"predictor {name}: prompts.x_query must have shape [batch, d] = {(b, d)}, "
-            f"got {_shape(prompts.x_query)}{extra}"
-        )
-    return x, y
+    """:func:`icl.tasks.check_prompt_shapes` for predictor ``name``; returns ``(x, y)``."""
+    return check_prompt_shapes(prompts, who=f"predictor {name}", query=query)
 
 
 def check_context(name: str, x, y):

@@ -31,6 +31,7 @@ __all__ = [
     "check_non_negative",
     "check_positive",
     "check_positive_int",
+    "check_prompt_shapes",
     "check_prompts",
     "check_spd",
     "each_query",
@@ -178,6 +179,32 @@ def random_rotation(seed: int, d: int) -> np.ndarray:
     g = np.random.default_rng(seed).standard_normal((d, d))
     q, r = np.linalg.qr(g)
     return q * np.sign(np.diag(r))
+
+
+def check_prompt_shapes(prompts, *, who: str = "", d: int | None = None, query: bool = True):
+    """The one shape check of prompts (static shapes, so it works under ``jit``); returns ``(x, y)``.
+
+    ``x`` must be ``[batch, n, d]`` (``d`` the caller's, if given), ``y`` ``[batch, n]`` and, if ``query``,
+    ``x_query`` ``[batch, d]`` (one query per prompt). A ValueError names ``who`` and the field.
+    """
+    prefix = f"{who}: " if who else ""
+    if not all(hasattr(prompts, f) for f in ("x", "y", "x_query")):
+        raise ValueError(f"{prefix}prompts must be icl.Prompts, got {type(prompts).__name__}")
+    shape = lambda a: tuple(getattr(a, "shape", np.shape(a)))  # noqa: E731
+    x, y = prompts.x, prompts.y
+    if len(shape(x)) != 3:
+        raise ValueError(f"{prefix}prompts.x must have shape [batch, n, d], got {shape(x)}")
+    b, n, dx = shape(x)
+    if shape(y) != (b, n):
+        raise ValueError(f"{prefix}prompts.y must have shape [batch, n] = {(b, n)}, got {shape(y)}")
+    if d is not None and dx != d:
+        raise ValueError(f"{prefix}prompts have d={dx} but it was built with d={d}")
+    if query and shape(prompts.x_query) != (b, dx):
+        several = len(shape(prompts.x_query)) == 3
+        extra = " (several queries per prompt: apply icl.tasks.each_query first)" if several else ""
+        raise ValueError(f"{prefix}prompts.x_query must have shape [batch, d] = {(b, dx)}, "
+                         f"got {shape(prompts.x_query)}{extra}")
+    return x, y
 
 
 def check_prompts(prompts: Prompts) -> Prompts:
