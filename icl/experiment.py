@@ -42,6 +42,8 @@ from icl.io import (
     upper_bound_claim,
     write_run,
 )
+from icl.sweeps import grid_points, sweep
+from icl.training import TrainConfig, TrainingDivergedError, convergence_report, train
 
 __all__ = [
     "Experiment",
@@ -310,8 +312,6 @@ def run_experiment(spec: Experiment, argv: Sequence[str] | None = None) -> dict:
     args = spec.parse(argv)
     start = time.perf_counter()
     cache = enable_compilation_cache(args.compilation_cache)
-    from icl.training import TrainingDivergedError
-
     try:
         outcome = spec.run(args)
     except TrainingDivergedError as err:
@@ -355,8 +355,6 @@ def _checkpointing(args, stage: str) -> dict:
 
 def train_config(args, **overrides):
     """The :class:`icl.TrainConfig` of the shared flags (``steps, batch, n, lr, seeds, seed``) and ``overrides``."""
-    from icl.training import TrainConfig
-
     values = dict(steps=args.steps, batch=args.batch, n=args.n, lr=args.lr, num_seeds=args.seeds, seed=args.seed,
                   progress_every=max(args.steps // 5, 1) if args.progress else 0,
                   checkpoint_every=getattr(args, "checkpoint_every", 0))
@@ -366,8 +364,6 @@ def train_config(args, **overrides):
 
 def train_models(args, model_fn, task, config, stage: str = "train", **kwargs):
     """``icl.train`` with the script's checkpoint flags (a folder per ``stage`` under the checkpoint root)."""
-    from icl.training import train
-
     return train(model_fn, task, config, **_checkpointing(args, stage), **kwargs)
 
 
@@ -377,9 +373,6 @@ def train_grid(args, model_fn, task_fn, config, grid: Mapping[str, Sequence], st
     Returns ``[(point, TrainResult)]``. A sweep point equals the single ``train`` call with the same config,
     so both paths give the same models.
     """
-    from icl.sweeps import grid_points, sweep
-    from icl.training import train
-
     points = grid_points(grid)
     if not getattr(args, "checkpoint_every", 0):
         return list(sweep(model_fn, task_fn, config, grid))
@@ -409,8 +402,6 @@ def final_train_loss(result, fraction: float = 0.05) -> list[float]:
 
 def convergence(result) -> dict:
     """``icl.training.convergence_report(result)``: is the loss still falling over the last tenth; do seeds agree."""
-    from icl.training import convergence_report
-
     return convergence_report(result)
 
 

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl.evaluate import monte_carlo
+from icl.predictors import bayes_predictive
 from icl.protocol import has_prefix, predictor_name, returns_variance
 from icl.tasks.base import check_positive_int
 
@@ -264,8 +266,6 @@ def compare_calibration(
         jax.eval_shape(lambda pr, p=p, nm=nm: predictive_stats(p, pr, prefix=prefix, levels=levels, bins=bins,
                                                                name=nm), probe)
 
-    from icl.evaluate import monte_carlo
-
     result = monte_carlo(_CalibrationStats(levels, bins, bool(prefix), tuple(pairs)), dict(predictors), task, key, n,
                          num_prompts, chunk_size)
     count = result.num_prompts
@@ -345,8 +345,6 @@ def shift_evaluation(
       model: a mean-and-variance predictor. train_task, test_task: Gaussian linear tasks.
       key, n, num_prompts, kwargs: as in :func:`compare_calibration` (``n`` may exceed the training length).
     """
-    from icl.predictors import bayes_predictive
-
     if _same_posterior(train_task, test_task):
         predictors = {"model": model, "bayes": bayes_predictive(test_task)}
         pairs = [("model", "bayes")]
