@@ -129,6 +129,9 @@ from icl.models import (
     set_gd_construction,
 )
 from icl.training import (
+    run_engine,
+    run_keys,
+    gaussian_nll,
     TrainConfig,
     Curriculum,
     TrainResult,
@@ -172,6 +175,7 @@ from icl.evaluate import (
     interpolate,
 )
 from icl.checkpoint import (
+    CheckpointDir,
     save_checkpoint,
     load_checkpoint,
     latest_checkpoint,
@@ -202,7 +206,6 @@ from icl.fingerprint import (  # TEMP until icl.probes lands
     hidden_states,
 )
 from icl.uncertainty import (
-    gaussian_nll,
     Calibration,
     CalibrationComparison,
     calibration,
@@ -326,6 +329,9 @@ __all__ = [
     "plot_attention_maps",
     "set_gd_construction",
     "TrainConfig",
+    "run_engine",
+    "run_keys",
+    "gaussian_nll",
     "Curriculum",
     "TrainResult",
     "Snapshots",
@@ -362,6 +368,7 @@ __all__ = [
     "snapshot_metrics",
     "interpolation_losses",
     "interpolate",
+    "CheckpointDir",
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
@@ -384,7 +391,6 @@ __all__ = [
     "ProbeResult",
     "probe",
     "hidden_states",
-    "gaussian_nll",
     "Calibration",
     "CalibrationComparison",
     "calibration",

@@ -33,6 +33,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from icl.checkpoint import CheckpointDir
 from icl.io import (
     Claim,
     config_hash,
@@ -350,7 +351,7 @@ def _checkpointing(args, stage: str) -> dict:
     if not args.resume and folder.exists():
         shutil.rmtree(folder)  # a fresh run of this configuration replaces its old checkpoints
     folder.mkdir(parents=True, exist_ok=True)
-    return {"checkpoint_dir": folder, "resume": bool(args.resume)}
+    return {"checkpoint": CheckpointDir(folder, resume=bool(args.resume))}
 
 
 def train_config(args, **overrides):

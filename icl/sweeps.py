@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from icl.training import (TrainConfig, TrainResult, _abstract_keys, _check_task, _compile_chunk_ahead, _first_chunk,
-                          _model_spec, _run, _stack, _task_arg)
+from icl.protocol import model_spec
+from icl.training import TrainConfig, TrainResult, run_engine, run_keys
+from icl.training.engine import stack_trees
 
 __all__ = ["sweep", "SweepResult", "grid_points", "run_sharding", "check_grid_keys"]
 
@@ -104,10 +105,8 @@ def check_grid_keys(grid: Mapping[str, Sequence], model_fn: Callable, task_fn: C
 
 
 def _call_with(fn: Callable, point: dict, *args):
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return fn(*args, **point)
-    return fn(*args, **{k: v for k, v in point.items() if k in params})
+    names = _accepted_names(fn, skip=len(args))
+    return fn(*args, **{k: v for k, v in point.items() if names is None or k in names})
 
 
 def sweep(
@@ -140,59 +139,35 @@ def sweep(
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(tuple(getattr(c, f) for f in _STATIC_FIELDS), []).append(i)
-    results: list[TrainResult | None] = [None] * len(points)
+    results: dict[int, TrainResult] = {}
     for members in groups.values():
-        for i, result in zip(members, _train_group([points[i] for i in members], [configs[i] for i in members],
-                                                  model_fn, task_fn, devices, loss_fn)):
-            results[i] = result
-    return SweepResult(points, results, time.perf_counter() - start)
+        results.update(zip(members, _train_group([points[i] for i in members], [configs[i] for i in members],
+                                                 model_fn, task_fn, devices, loss_fn)))
+    return SweepResult(points, [results[i] for i in range(len(points))], time.perf_counter() - start)
 
 
 def _train_group(points, configs, model_fn, task_fn, devices, loss_fn):
     t0 = time.perf_counter()
     seeds = configs[0].num_seeds
     tasks = [_call_with(task_fn, p) for p in points]
-    for task, c in zip(tasks, configs):
-        _check_task(task, c)
-    structures = {jax.tree.structure(t) for t in tasks}
-    if len(structures) != 1:
-        raise ValueError("task_fn must return tasks with one pytree structure for points that share n/batch/steps")
+    keys = jnp.concatenate([run_keys(c.seed, seeds) for c in configs])
+    params, specs = [], []
+    for k, p in enumerate(points):
+        models = [_call_with(model_fn, p, nnx.Rngs(params=jax.random.fold_in(key, 0)))
+                  for key in keys[k * seeds:(k + 1) * seeds]]
+        graphdef = nnx.graphdef(models[0])
+        params += [nnx.state(m) for m in models]
+        specs.append(model_spec(models[0]))
     num_runs = len(points) * seeds
     num_devices = len(jax.devices() if devices is None else devices)
     padded = -(-num_runs // num_devices) * num_devices
-    pad = [num_runs - 1] * (padded - num_runs)  # repeat the last run to fill every device; dropped below
-    order = list(range(num_runs)) + pad
-    stack = lambda items: _stack([items[j] for j in order])  # noqa: E731
-    stack_tasks = lambda items: jax.tree.map(lambda *xs: jnp.stack(xs), *[items[j] for j in order])  # noqa: E731
-    shared_task = len(points) == 1
-    sharding = run_sharding(padded, devices)
-    run_lrs = [c.lr for c in configs for _ in range(seeds)]
-    lrs = jnp.asarray([run_lrs[j] for j in order])
-    # compile the first training chunk while the runs initialise op by op below
-    template = nnx.eval_shape(lambda: _call_with(model_fn, points[0], nnx.Rngs(0)))
-    run_tasks = [task for task in tasks for _ in range(seeds)]
-    _compile_chunk_ahead(nnx.graphdef(template), nnx.state(template), lrs, _abstract_keys(padded),
-                         _task_arg(tasks[0]) if shared_task else jax.eval_shape(lambda: stack_tasks(run_tasks)),
-                         not shared_task, configs[0], loss_fn, sharding, _first_chunk(configs[0], 0, False))
-    graphdef = model_spec = None
-    params, keys = [], []
-    for p, c, task in zip(points, configs, tasks):
-        for i in range(seeds):
-            key = jax.random.fold_in(jax.random.key(c.seed), i)
-            model = _call_with(model_fn, p, nnx.Rngs(params=jax.random.fold_in(key, 0)))
-            graphdef, state = nnx.split(model)
-            model_spec = _model_spec(model)
-            params.append(state)
-            keys.append(key)
-    task_arg = tasks[0] if shared_task else stack_tasks(run_tasks)  # leaves may be Python floats
-    out = _run(graphdef, stack(params), lrs, stack(keys), task_arg, not shared_task, configs[0], loss_fn, start=t0,
-               sharding=sharding)
-    seconds = time.perf_counter() - t0
-    results = []
-    for k, c in enumerate(configs):
-        rows = slice(k * seeds, (k + 1) * seeds)
-        take = lambda tree: jax.tree.map(lambda a: np.asarray(a)[rows], tree)  # noqa: E731
-        results.append(TrainResult(graphdef, take(out["params"]), out["losses"][rows], c, seconds,
-                                   opt_state=take(out["opt_state"]), step=c.steps,
-                                   final_losses=out["final_losses"][rows], model_spec=model_spec))
-    return results
+    order = list(range(num_runs)) + [num_runs - 1] * (padded - num_runs)  # fill every device; dropped below
+    task = tasks[0] if len(points) == 1 else [tasks[j // seeds] for j in order]
+    start = TrainResult(graphdef, stack_trees([params[j] for j in order]), np.zeros((padded, 0)), configs[0], step=0,
+                        seconds=time.perf_counter() - t0)
+    lrs = jnp.asarray([configs[j // seeds].lr for j in order])
+    out = run_engine(start, task, keys[np.asarray(order)], lrs, loss_fn=loss_fn, sharding=run_sharding(padded, devices))
+    take = lambda tree, k: jax.tree.map(lambda a: np.asarray(a)[k * seeds:(k + 1) * seeds], tree)  # noqa: E731
+    return [TrainResult(graphdef, take(out.params, k), take(out.losses, k), c, out.seconds,
+                        opt_state=take(out.opt_state, k), step=c.steps, final_losses=take(out.final_losses, k),
+                        model_spec=specs[k]) for k, c in enumerate(configs)]

@@ -38,9 +38,9 @@ from icl.evaluate import monte_carlo
 from icl.predictors import bayes_predictive
 from icl.protocol import has_prefix, predictor_name, returns_variance
 from icl.tasks.base import check_positive_int
+from icl.training import gaussian_nll
 
 __all__ = [
-    "gaussian_nll",
     "Calibration",
     "CalibrationComparison",
     "calibration",
@@ -53,13 +53,11 @@ __all__ = [
 DEFAULT_LEVELS = (0.5, 0.9, 0.95)
 
 
-def gaussian_nll(mean, var, y):
-    """Gaussian negative log-likelihood ``0.5 log(2 pi var) + (y - mean)^2 / (2 var)`` (elementwise, nats)."""
-    return 0.5 * jnp.log(2.0 * jnp.pi * var) + 0.5 * (y - mean) ** 2 / var
-
-
 def _std_normal_cdf(z):
     return 0.5 * jax.scipy.special.erfc(-z / jnp.sqrt(2.0).astype(z.dtype))
+
+
+DEGENERATE_EPS = 1e-6  # a predictive variance below this times 1 + y^2 is a point mass at float32 resolution
 
 
 def _check_levels(levels) -> tuple[float, ...]:
@@ -112,7 +110,11 @@ def predictive_stats(predictor, prompts, *, prefix: bool = False, levels=DEFAULT
     """Per-prompt calibration statistics of one predictor on ``prompts`` (``[batch]``, or ``[batch, n]`` with prefix).
 
     Returns ``{"nll", "mse", "sd", "variance", "pit", "coverage": {level: 0/1}, "pit_histogram": one-hot
-    [..., bins]}``; :func:`calibration` averages them. Jit-compatible.
+    [..., bins], "invalid": 0/1, "degenerate": 0/1}``; :func:`calibration` averages them. Jit-compatible.
+    ``invalid`` marks a variance that is negative or not finite, or a mean that is not finite (the other entries
+    are then meaningless, and :func:`calibration` refuses them); ``degenerate`` marks a variance within
+    ``DEGENERATE_EPS (1 + target^2)`` of zero, zero included (a point mass, e.g. a noiseless task's Bayes
+    predictive, whose coverage and PIT measure only rounding; :func:`calibration` refuses it too).
     """
     levels = _check_levels(levels)
     bins = check_positive_int("bins", bins)
@@ -120,6 +122,9 @@ def predictive_stats(predictor, prompts, *, prefix: bool = False, levels=DEFAULT
     target = prompts.y if prefix else prompts.y_query
     mean, var, log_prob, cdf = _distribution(predictor, prompts, prefix, name)
     pit = cdf(target)
+    floor = DEGENERATE_EPS * (1 + target**2)
+    invalid = ~(jnp.isfinite(var) & (var >= -floor) & jnp.isfinite(mean))
+    degenerate = ~invalid & (var <= floor)
     idx = jnp.clip(jnp.floor(pit * bins).astype(jnp.int32), 0, bins - 1)
     return {
         "nll": -log_prob(target),
@@ -129,6 +134,8 @@ def predictive_stats(predictor, prompts, *, prefix: bool = False, levels=DEFAULT
         "pit": pit,
         "coverage": {lv: ((pit >= (1 - lv) / 2) & (pit <= (1 + lv) / 2)).astype(target.dtype) for lv in levels},
         "pit_histogram": jax.nn.one_hot(idx, bins, dtype=target.dtype),
+        "invalid": invalid.astype(target.dtype),
+        "degenerate": degenerate.astype(target.dtype),
     }
 
 
@@ -273,6 +280,16 @@ def compare_calibration(
     metrics = {}
     for nm in predictors:
         m, e = mean["per"][nm], se["per"][nm]
+        bad = int(round(float(np.max(m["invalid"])) * count))
+        if bad:
+            raise ValueError(f"predictor {nm!r} returned an invalid predictive distribution (variance negative or not "
+                             f"finite, or mean not finite) on {bad} of {count} prompts"
+                             f"{' at some prefix' if prefix else ''}; NLL, coverage and PIT are undefined there")
+        flat = int(round(float(np.max(m["degenerate"])) * count))
+        if flat:
+            raise ValueError(f"predictor {nm!r} is degenerate: its predictive variance is zero up to {DEGENERATE_EPS:g} "
+                             f"x (1 + y^2) on {flat} of {count} prompts{' at some prefix' if prefix else ''} (a point "
+                             "mass, e.g. the Bayes predictive of a noiseless task), so NLL, coverage and PIT are undefined")
         metrics[nm] = Calibration(
             num_prompts=count,
             nll=_entry(m["nll"], e["nll"]),

@@ -15,10 +15,10 @@ CONFIG = icl.TrainConfig(steps=12, batch=16, n=5, lr=1e-2, num_seeds=2, seed=1, 
 
 
 class Recorded(nnx.Module):
-    """A user model that records its constructor arguments, so checkpoints rebuild it without model_fn."""
+    """A user model with spec() (the model protocol), so checkpoints rebuild it without model_fn."""
 
     def __init__(self, d, width=3, *, rngs):
-        self._init_args = (("d", d), ("width", width))
+        self.d, self.width = d, width
         self.a = nnx.Param(0.1 * jax.random.normal(rngs.params(), (d, width)))
         self.b = nnx.Param(0.1 * jax.random.normal(rngs.params(), (width,)))
 
@@ -26,15 +26,19 @@ class Recorded(nnx.Module):
         h = jnp.einsum("bnd,bn->bd", p.x, p.y) / p.x.shape[1]
         return jnp.einsum("bd,dw,w,bd->b", p.x_query, self.a[...], self.b[...], h)
 
+    def spec(self):
+        return {"d": self.d, "width": self.width}
+
 
 def model_fn(rngs):
     return Recorded(2, 4, rngs=rngs)
 
 
 class Anonymous(Recorded):
+    spec = None  # no spec(): a checkpoint cannot rebuild it alone
+
     def __init__(self, d, *, rngs):
         super().__init__(d, 3, rngs=rngs)
-        del self._init_args
 
 
 def same_leaves(a, b):
@@ -45,7 +49,7 @@ def same_leaves(a, b):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
-    return folder, icl.train(model_fn, TASK, CONFIG, checkpoint_dir=folder)
+    return folder, icl.train(model_fn, TASK, CONFIG, checkpoint=icl.checkpoint.CheckpointDir(folder))
 
 
 def test_save_and_load_round_trip_predicts_bit_identically_without_model_fn(uninterrupted, tmp_path):
@@ -63,7 +67,7 @@ def test_save_and_load_round_trip_predicts_bit_identically_without_model_fn(unin
         icl.save_checkpoint(tmp_path / "ck", result)
 
 
-def test_user_model_without_constructor_record_needs_model_fn(tmp_path):
+def test_user_model_without_spec_needs_model_fn(tmp_path):
     config = icl.TrainConfig(steps=2, batch=8, n=4)
     result = icl.train(lambda r: Anonymous(2, rngs=r), TASK, config)
     icl.save_checkpoint(tmp_path / "ck", result)
@@ -83,7 +87,7 @@ def test_resumed_run_equals_the_uninterrupted_one_bit_for_bit(uninterrupted, tmp
     shutil.copytree(folder / "step_00000008", tmp_path / "step_00000008")
     mid = icl.load_checkpoint(tmp_path)
     assert mid.step == 8 and mid.losses.shape == (2, 8)
-    resumed = icl.train(model_fn, TASK, CONFIG, checkpoint_dir=tmp_path, resume=True)
+    resumed = icl.train(model_fn, TASK, CONFIG, checkpoint=icl.checkpoint.CheckpointDir(tmp_path, resume=True))
     np.testing.assert_array_equal(resumed.losses, full.losses)
     assert same_leaves(resumed.params, full.params) and same_leaves(resumed.opt_state, full.opt_state)
     np.testing.assert_array_equal(resumed.final_losses, full.final_losses)
@@ -92,11 +96,15 @@ def test_resumed_run_equals_the_uninterrupted_one_bit_for_bit(uninterrupted, tmp
 
 def test_checkpoint_folder_misuse_is_a_value_error(uninterrupted, tmp_path):
     folder, _ = uninterrupted
+    resume = icl.checkpoint.CheckpointDir(folder, resume=True)
     with pytest.raises(ValueError, match="resume=True"):
-        icl.train(model_fn, TASK, CONFIG, checkpoint_dir=folder)
-    with pytest.raises(ValueError, match=r"\['lr'\]"):
-        icl.train(model_fn, TASK, icl.TrainConfig(**{**CONFIG.__dict__, "lr": 2e-2}), checkpoint_dir=folder,
-                  resume=True)
+        icl.train(model_fn, TASK, CONFIG, checkpoint=icl.checkpoint.CheckpointDir(folder))
+    with pytest.raises(ValueError, match=r"config differs in \['lr'\]"):
+        icl.train(model_fn, TASK, icl.TrainConfig(**{**CONFIG.__dict__, "lr": 2e-2}), checkpoint=resume)
+    with pytest.raises(ValueError, match=r"model differs in \['kwargs.width'\] \(saved \[4\], given \[5\]\)"):
+        icl.train(lambda r: Recorded(2, 5, rngs=r), TASK, CONFIG, checkpoint=resume)
+    with pytest.raises(ValueError, match=r"task differs in \['noise_std'\]"):
+        icl.train(model_fn, icl.LinearRegressionTask.isotropic(2, 0.5), CONFIG, checkpoint=resume)
     with pytest.raises(ValueError, match="does not exist"):
         icl.load_checkpoint(tmp_path / "missing")
     with pytest.raises(ValueError, match="neither a checkpoint"):

@@ -3,7 +3,7 @@ output-shape checks, divergence (also at the last step), config validation, conv
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import re
 
 import jax
@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import EXACT_F64, assert_close, x64
 
 import icl
-from helpers import EXACT_F64, assert_close, compiling_threads, x64
 
 
 def lsa(d, init_scale=0.01):
@@ -167,28 +167,37 @@ def test_num_seeds_gives_per_seed_losses_and_parameters_with_leading_seed_axis(s
         np.testing.assert_array_equal(model.layers[0].w_kq[...], small_run.params["layers"][0]["w_kq"][...][i])
 
 
+def test_model_of_a_seed_index_out_of_range_is_a_value_error_naming_it(small_run):
+    with pytest.raises(ValueError, match=r"i=2.*num_seeds=2"):
+        small_run.model(2)
+    np.testing.assert_array_equal(small_run.model(-1).layers[0].w_kq[...], small_run.model(1).layers[0].w_kq[...])
+
+
+def test_run_engine_is_train_and_continues_a_state_it_saved_bit_for_bit(small_run):
+    """train = the initial runs + run_engine; run_engine continues the state it saved at step 8 of 16 exactly."""
+    config = icl.TrainConfig(**SMALL)
+    keys = icl.training.run_keys(config.seed, config.num_seeds)
+    params = jax.vmap(lambda k: nnx.split(lsa(2)(nnx.Rngs(params=jax.random.fold_in(k, 0))))[1])(keys)
+    start = icl.TrainResult(nnx.graphdef(lsa(2)(nnx.Rngs(0))), params, np.zeros((2, 0)), config, step=0)
+    same = icl.training.run_engine(start, SMALL_TASK, keys)
+    saved = []
+    halves = icl.training.run_engine(dataclasses.replace(start, config=icl.TrainConfig(**SMALL, checkpoint_every=8)),
+                                     SMALL_TASK, keys, save=saved.append)
+    assert [r.step for r in saved] == [8, 16] and saved[0].losses.shape == (2, 8)
+    resumed = icl.training.run_engine(saved[0], SMALL_TASK, keys)
+    for a, b in ((same, small_run), (resumed, halves)):
+        np.testing.assert_array_equal(a.losses, b.losses)
+        np.testing.assert_array_equal(a.final_losses, b.final_losses)
+        for u, v in zip(leaves(a), leaves(b)):
+            np.testing.assert_array_equal(u, v)
+
+
 # ---------------------------------------------------------------------------------------------- losses
 
 
 def truncated(p, k):
     """The prompt whose context is the first k - 1 pairs and whose query is point k."""
     return icl.Prompts(x=p.x[:, : k - 1], y=p.y[:, : k - 1], x_query=p.x[:, k - 1], y_query=p.y[:, k - 1], w=p.w)
-
-
-@pytest.mark.parametrize("how,use_x64", [("train", False), ("sweep", False), ("train", True)])
-def test_training_chunk_compiles_in_the_background_while_the_runs_initialise(how, use_x64):
-    """train and sweep queue their optimiser set-up and first chunk on icl.compile_ahead's thread from shapes
-    alone; the run then finds both compiled (the main thread compiles neither), also under jax.enable_x64."""
-    config = icl.TrainConfig(steps=6, batch=9, n=5, num_seeds=2, lr=1e-2)  # shapes no other test uses
-    runs = {
-        "train": lambda: icl.train(lsa(3), icl.LinearRegressionTask.isotropic(3, 0.1), config),
-        "sweep": lambda: icl.sweeps.sweep(lsa(3), lambda noise: icl.LinearRegressionTask.isotropic(3, noise),
-                                          config, {"noise": [0.0, 0.5]}),
-    }
-    with x64() if use_x64 else contextlib.nullcontext():
-        _, seen = compiling_threads(runs[how])
-    for program in ("jit(_prepare)", "jit(_train_chunk)"):
-        assert seen.get(program) == {"icl-compile-ahead"}, f"{program} compiled by {seen.get(program)}"
 
 
 def test_every_prefix_loss_is_the_mean_of_query_losses_on_truncated_prompts():
@@ -218,6 +227,8 @@ def test_nll_and_beta_nll_losses_match_the_gaussian_formula():
         # beta-NLL: the weight stop_gradient(v)^beta scales the gradient, not only the value.
         g = nnx.grad(lambda m: icl.training_loss(m, p, icl.TrainConfig(loss="beta_nll", nll_beta=1.0)))(model)
         g0 = nnx.grad(lambda m: icl.training_loss(m, p, icl.TrainConfig(loss="nll")))(model)
+        elementwise = np.asarray(icl.training.gaussian_nll(mean, var, p.y_query))
+    assert_close(elementwise, terms, EXACT_F64, "gaussian_nll")
     assert_close(nll, terms.mean(), EXACT_F64, "nll")
     assert_close(beta, (terms * var**0.5).mean(), EXACT_F64, "beta_nll")
     assert_close(prefix_nll, prefix_terms.mean(), EXACT_F64, "every_prefix_nll")

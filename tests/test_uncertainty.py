@@ -190,6 +190,46 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         icl.shifted_task(task, x_scale=float("nan"))
 
 
-def test_gaussian_nll_formula():
-    assert_close(icl.gaussian_nll(jnp.asarray(1.0), jnp.asarray(4.0), jnp.asarray(3.0)),
-                 0.5 * np.log(2 * np.pi * 4.0) + 0.5, 1e-6, "gaussian_nll")
+# ------------------------------------------------------------------------------------------ invalid variances
+
+
+@icl.pytree_dataclass
+class _BadVariance:
+    """The Bayes predictive of a fixed task, its variance replaced by ``value`` where ``x_query[:, 0] < cut``
+    (leaves, so every example shares one compiled program)."""
+
+    cut: float
+    value: float
+    returns_variance = True
+
+    def __call__(self, prompts):
+        mean, var = icl.bayes_predictive(icl.LinearRegressionTask.isotropic(2, 0.5))(prompts)
+        return mean, jnp.where(prompts.x_query[:, 0] < self.cut, jnp.asarray(self.value, var.dtype), var)
+
+
+@settings(max_examples=6, deadline=None)
+@given(kind=st.sampled_from(["negative", "zero", "nan", "inf"]), fraction=st.floats(0.05, 1.0))
+def test_calibration_refuses_invalid_variances_naming_how_many(kind, fraction):
+    """Any share of prompts with a negative, zero or non-finite variance is refused, with the count (zero as a
+    degenerate point mass).
+    (A calibration that skipped the check reports NLL NaN beside a coverage number and fails this test.)"""
+    bad_value = {"negative": -1.0, "zero": 0.0, "nan": float("nan"), "inf": float("inf")}[kind]
+    cut = float(jax.scipy.stats.norm.ppf(fraction))  # x_query[:, 0] ~ N(0, 1): about `fraction` of prompts
+    predictor = _BadVariance(np.float32(cut), np.float32(bad_value))
+    what = "is degenerate:" if kind == "zero" else "invalid predictive distribution"
+    with pytest.raises(ValueError, match=rf"{what} .* on \d+ of 4000 prompts"):
+        icl.calibration(predictor, icl.LinearRegressionTask.isotropic(2, 0.5), jax.random.key(0), 6,
+                        num_prompts=4000, chunk_size=2000)
+
+
+def test_calibration_accepts_valid_variances_and_reports_no_invalid_share():
+    predictor = _BadVariance(np.float32(-np.inf), np.float32(0.0))
+    cal = icl.calibration(predictor, icl.LinearRegressionTask.isotropic(2, 0.5), jax.random.key(0), 6,
+                          num_prompts=4000, chunk_size=2000)
+    assert np.isfinite(cal.nll[0]) and 0.85 < cal.coverage[0.9][0] < 0.95
+
+
+def test_a_noiseless_bayes_predictive_is_called_degenerate_not_scored():
+    task = icl.LinearRegressionTask.isotropic(2, 0.0)
+    with pytest.raises(ValueError, match="degenerate"):
+        icl.calibration(icl.bayes_predictive(task), task, jax.random.key(1), 6, num_prompts=2000, chunk_size=1000)
