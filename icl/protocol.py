@@ -13,8 +13,8 @@ A **model** is a predictor that is a ``flax.nnx.Module`` (so :func:`icl.train` c
   per-prefix fingerprint);
 - ``returns_variance: bool`` (optional, default ``False``): when ``True`` both methods return
   ``(mean, variance)`` pairs of those shapes, and the Gaussian NLL losses and calibration use them;
-- ``hidden_states(prompts) -> list of [batch, n + 1, width]`` (optional): the residual stream after each
-  layer, read by :func:`icl.probe`;
+- ``hidden_states(prompts) -> list of [batch, T, width]`` (optional): the token states before the first
+  layer and after each, ``T`` positions with the query last, read by :func:`icl.probe`;
 - ``spec() -> dict`` (optional): JSON-able keyword arguments such that ``type(model)(**model.spec(),
   rngs=nnx.Rngs(0))`` rebuilds a model of the same structure. :func:`icl.save_checkpoint` records it, so
   :func:`icl.load_checkpoint` needs no ``model_fn``, and resuming refuses a model whose spec differs.
@@ -127,7 +127,11 @@ def _tuplify(value):
 def build_model(spec: dict, rngs):
     """Rebuild a model from :func:`model_spec`'s record (JSON lists become tuples)."""
     module_name, _, qualname = spec["class"].partition(":")
-    obj = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
+    try:
+        obj = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot rebuild the model class {spec['class']!r} ({err}); import the module that defines "
+                         "it, or pass model_fn, the function that built the model") from None
     return obj(**{k: _tuplify(v) for k, v in spec["kwargs"].items()}, rngs=rngs)
