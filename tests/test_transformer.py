@@ -1,4 +1,4 @@
-"""icl.Transformer (issue 10): shapes, encodings, switches, validation, the LSA construction, every prefix."""
+"""icl.Transformer: shapes, encodings, switches, validation, the LSA construction, every prefix."""
 
 from __future__ import annotations
 
@@ -71,25 +71,6 @@ def test_prefix_equals_model_on_truncated_prompts(encoding):
         assert prefix.dtype == jnp.float64
         for k, out in zip(ks, truncated):
             assert_close(prefix[:, k - 1], out, EXACT_F64, f"{encoding} k={k}")
-
-
-@pytest.mark.parametrize("encoding", ["interleaved", "stacked"])
-@pytest.mark.parametrize("attention", ["softmax", "linear"])
-def test_broadcast_and_matmul_attention_layouts_agree(encoding, attention, monkeypatch):
-    """Short prompts attend by a broadcast multiply-and-sum, long ones by batched matmuls: same numbers (float64)."""
-    from icl.models import transformer
-
-    def run(limit):
-        monkeypatch.setattr(transformer, "_BROADCAST_MAX", limit)
-        jax.clear_caches()  # the layout is chosen while tracing
-        return jax.jit(lambda p: (model(p), model.prefix(p), model.attention_maps(p)))(prompts)
-
-    with x64():
-        model = icl.Transformer(D, encoding=encoding, attention=attention, param_dtype=jnp.float64,
-                                rngs=nnx.Rngs(3), **SMALL)
-        prompts = _prompts(dtype=jnp.float64)
-        for name, a, b in zip(("query", "prefix", "maps"), run(10**6), run(0)):
-            assert_close(a, b, EXACT_F64, f"{encoding} {attention} {name}")
 
 
 def test_model_called_inside_a_user_jit_gives_the_same_predictions():
@@ -220,12 +201,61 @@ def test_variance_head_returns_mean_and_positive_variance():
     assert_close(pvar[:, 1], var2, 1e-5, "variance-head prefix variance")
 
 
-def test_init_args_rebuild_the_same_structure():
-    model = icl.Transformer(D, encoding="stacked", variance_head=True, rngs=nnx.Rngs(0), **SMALL)
-    again = type(model)(**dict(model._init_args), rngs=nnx.Rngs(1))
+def test_spec_is_json_and_rebuilds_the_same_structure():
+    import json
+
+    model = icl.Transformer(D, encoding="stacked", variance_head=True, mlp_ratio=2, num_layers=2, width=8,
+                            num_heads=2, max_pairs=7, attention="linear", positional="none", rngs=nnx.Rngs(0))
+    spec = json.loads(json.dumps(model.spec()))
+    assert spec == dict(d=D, num_layers=2, width=8, num_heads=2, mlp_ratio=2, encoding="stacked", positional="none",
+                        max_pairs=7, attention="linear", mlp=True, layer_norm=True, variance_head=True,
+                        param_dtype="float32")
+    again = icl.Transformer(**spec, rngs=nnx.Rngs(1))
     shapes = lambda m: jax.tree.map(jnp.shape, nnx.state(m, nnx.Param))  # noqa: E731
     assert shapes(model) == shapes(again)
     assert hash(nnx.graphdef(model)) == hash(nnx.graphdef(again))
+    assert again.spec() == spec and again.returns_variance
+
+
+def test_initialisation_follows_gpt2():
+    """N(0, 0.02^2) weights, residual projections 0.02 / sqrt(2 L), read-in/out N(0, 1/fan_in), zero biases."""
+    layers, width = 2, 64
+    model = icl.Transformer(D, num_layers=layers, width=width, num_heads=2, rngs=nnx.Rngs(0))
+    block = model.blocks[0]
+    stds = {"qkv": (block.qkv.kernel, 0.02), "attn_out": (block.attn_out.kernel, 0.02 / np.sqrt(2 * layers)),
+            "fc": (block.fc.kernel, 0.02), "fc_out": (block.fc_out.kernel, 0.02 / np.sqrt(2 * layers)),
+            "positions": (model.positions, 0.02), "read_out": (model.read_out.kernel, 1 / np.sqrt(width))}
+    for name, (param, std) in stds.items():
+        value = np.asarray(param[...])
+        assert abs(value.std() / std - 1) < 4 / np.sqrt(value.size) + 0.02, name
+        assert abs(value.mean()) < 4 * std / np.sqrt(value.size), name
+    np.testing.assert_array_equal(np.asarray(block.qkv.bias[...]), 0.0)
+    np.testing.assert_array_equal(np.asarray(block.ln1.scale[...]), 1.0)
+    np.testing.assert_array_equal(np.asarray(model.ln_f.bias[...]), 0.0)
+
+
+@pytest.mark.parametrize("field, shape", [("x_query", (B, D + 1)), ("x_query", (B, 2, D)), ("y", (B, N + 1)),
+                                          ("y", (B, N, 1)), ("y", (B + 1, N))])
+def test_prompts_with_a_badly_shaped_field_are_rejected_naming_it(field, shape):
+    model = icl.Transformer(D, rngs=nnx.Rngs(0), **ONE)
+    bad = _prompts()._replace(**{field: jnp.zeros(shape)})
+    for call in (model, model.prefix, model.hidden_states):
+        with pytest.raises(ValueError, match=f"prompts.{field}"):
+            call(bad)
+
+
+@pytest.mark.parametrize("encoding", ["interleaved", "stacked"])
+@pytest.mark.parametrize("attention", ["softmax", "linear"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_label_leaves_the_earlier_prefix_entries_untouched(encoding, attention, bad):
+    """NaN/inf in y_j (0-based): prefix entries 0..j (which never see it) are finite and as on the clean prompt."""
+    j = 2
+    model = icl.Transformer(D, encoding=encoding, attention=attention, rngs=nnx.Rngs(4), **SMALL)
+    prompts = _prompts()
+    clean, dirty = jax.jit(lambda p: (model.prefix(p), model.prefix(p._replace(y=p.y.at[:, j].set(bad)))))(prompts)
+    np.testing.assert_array_equal(np.asarray(dirty[:, : j + 1]), np.asarray(clean[:, : j + 1]))
+    assert np.all(np.isfinite(np.asarray(dirty[:, : j + 1])))
+    assert not np.any(np.isfinite(np.asarray(dirty[:, j + 1 :])))
 
 
 def test_plot_attention_maps_draws_every_layer_and_head():

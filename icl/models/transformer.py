@@ -52,12 +52,7 @@ __all__ = ["Transformer", "plot_attention_maps", "set_gd_construction"]
 _ENCODINGS = ("interleaved", "stacked")
 _POSITIONAL = ("learned", "none")
 _ATTENTION = ("softmax", "linear")
-# Context attention of prompts with t tokens and head width dh runs as one broadcast multiply-and-sum when
-# t * dh <= _BROADCAST_MAX, else as batched matmuls. Measured on a 2-core CPU (training step, 4 layers; ms/step
-# broadcast vs matmul): t=8, dh=8: 2.8 vs 12.1; t=8, dh=16: 12.0 vs 21.3; t=14, dh=8: 6.8 vs 16.4; t=20, dh=8:
-# 7.5 vs 11.4; t=12, dh=16: 29.5 vs 30.5; t=20, dh=16: 14.6 vs 12.7; t=40, dh=8: 89 vs 57; t=40, dh=32: 102 vs 45.
-_BROADCAST_MAX = 160
-_INIT_STD = 0.02  # GPT-2's initialiser
+_STD = 0.02  # GPT-2's initialiser: N(0, 0.02^2) weights and learned positions
 
 
 def _check_choice(name: str, value, allowed: tuple[str, ...]) -> str:
@@ -72,118 +67,85 @@ def _check_bool(name: str, value) -> bool:
     return bool(value)
 
 
-class _Dense(nnx.Module):
-    """``x @ kernel + bias`` (the layout of ``nnx.Linear``: ``kernel [in, out]``), built from given arrays."""
-
-    def __init__(self, kernel: jax.Array, bias: jax.Array):
-        self.kernel = nnx.Param(kernel)
-        self.bias = nnx.Param(bias)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        # As one 2-D matmul over every token: XLA:CPU otherwise transposes the activations for the gradient.
-        out = x.reshape(-1, x.shape[-1]) @ self.kernel[...] + self.bias[...]
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+def _linear(n_in: int, n_out: int, std: float | None, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    """``nnx.Linear`` with kernel ``N(0, std^2)`` (``std=None``: ``N(0, 1/n_in)``) and a zero bias."""
+    init = (nnx.initializers.normal(std) if std is not None
+            else nnx.initializers.variance_scaling(1.0, "fan_in", "normal"))
+    return nnx.Linear(n_in, n_out, kernel_init=init, bias_init=nnx.initializers.zeros, param_dtype=dtype, rngs=rngs)
 
 
-class _LayerNorm(nnx.Module):
-    """LayerNorm over the last axis (GPT-2's epsilon 1e-5), as ``nnx.LayerNorm``, built from given arrays."""
-
-    def __init__(self, scale: jax.Array, bias: jax.Array):
-        self.scale = nnx.Param(scale)
-        self.bias = nnx.Param(bias)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        centred = x - mean
-        var = jnp.mean(centred * centred, axis=-1, keepdims=True)
-        return centred * jax.lax.rsqrt(var + 1e-5) * self.scale[...] + self.bias[...]
+def _layer_norm(width: int, on: bool, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm | None:
+    """GPT-2's LayerNorm (epsilon 1e-5, two-pass variance, unit scale, zero bias), or None when switched off."""
+    return (nnx.LayerNorm(width, epsilon=1e-5, use_fast_variance=False, param_dtype=dtype, rngs=rngs)
+            if on else None)
 
 
-def _layout(token_dim: int, width: int, mlp_ratio: int, num_layers: int, mlp: bool, layer_norm: bool,
-            num_positions: int | None, variance_head: bool) -> tuple:
-    """Every parameter as ``(name, shape, std)``: ``std > 0`` draws ``N(0, std^2)``, ``0`` zeros, ``-1`` ones.
+def _maybe(layer, x):
+    return x if layer is None else layer(x)
 
-    GPT-2's initialisation: ``N(0, 0.02^2)`` weights, residual projections ``0.02 / sqrt(2 L)``, zero biases,
-    unit LayerNorm scales; read-in and read-out ``N(0, 1/fan_in)`` (as Flax's default ``lecun_normal``).
+
+def _attend(q, k, v, mask: np.ndarray, pairs: np.ndarray, softmax: bool):
+    """Masked attention of ``q [b, heads, t, e]`` over ``k, v [b, heads, s, e]``: the weights ``[b, heads, t, s]``
+    and the output ``[b, heads, t, e]``.
+
+    ``mask [t, s]``: which keys each query sees; ``pairs [t]``: linear attention's divisor (context pairs seen).
+    A masked key's weight is exactly 0, but ``0 * nan = nan``: a non-finite value (from a NaN label, say) would
+    leak into every earlier position through the product with the values. So non-finite values enter that
+    product as 0, and the scores of the queries that do see them are NaN instead.
     """
-    proj = _INIT_STD / math.sqrt(2 * num_layers)
-    entries = [("read_in.kernel", (token_dim, width), 1 / math.sqrt(token_dim)), ("read_in.bias", (width,), 0.0)]
-    if num_positions is not None:
-        entries.append(("positions", (num_positions, width), _INIT_STD))
-
-    def norm(name):
-        return [(f"{name}.scale", (width,), -1.0), (f"{name}.bias", (width,), 0.0)] if layer_norm else []
-
-    for i in range(num_layers):
-        b = f"blocks.{i}"
-        entries += norm(f"{b}.ln1") + [(f"{b}.qkv.kernel", (width, 3 * width), _INIT_STD),
-                                       (f"{b}.qkv.bias", (3 * width,), 0.0),
-                                       (f"{b}.attn_out.kernel", (width, width), proj), (f"{b}.attn_out.bias", (width,), 0.0)]
-        if mlp:
-            hidden = mlp_ratio * width
-            entries += norm(f"{b}.ln2") + [(f"{b}.fc.kernel", (width, hidden), _INIT_STD), (f"{b}.fc.bias", (hidden,), 0.0),
-                                           (f"{b}.fc_out.kernel", (hidden, width), proj),
-                                           (f"{b}.fc_out.bias", (width,), 0.0)]
-    entries += norm("ln_f") + [("read_out.kernel", (width, 1), 1 / math.sqrt(width)), ("read_out.bias", (1,), 0.0)]
-    if variance_head:
-        entries += [("log_var_out.kernel", (width, 1), 1 / math.sqrt(width)), ("log_var_out.bias", (1,), 0.0)]
-    return tuple(entries)
-
-
-@functools.partial(jax.jit, static_argnames=("size", "dtype"))
-def _standard_normals(key: jax.Array, size: int, dtype) -> jax.Array:
-    return jax.random.normal(key, (size,), dtype)
-
-
-def _init_arrays(key: jax.Array, layout: tuple, dtype) -> dict:
-    """Every parameter of ``layout`` from ONE draw of standard normals, sliced in order.
-
-    The draw's length is rounded up to a power of two, so models of similar size share one compiled
-    random-number program (eager NNX initialisation compiles one per parameter shape: seconds per new model
-    size on this CPU). With a concrete key the slicing is done in numpy (no compilation); under ``jit``/``vmap``
-    in ``jnp``; both give the same values.
-    """
-    sizes = [math.prod(shape) if std > 0 else 0 for _, shape, std in layout]
-    total = max(sum(sizes), 1)
-    flat = _standard_normals(key, max(1024, 1 << (total - 1).bit_length()), jnp.dtype(dtype))
-    xp = jnp if isinstance(flat, jax.core.Tracer) else np
-    if xp is np:
-        flat = np.asarray(flat)
-    out, start = {}, 0
-    for (name, shape, std), size in zip(layout, sizes):
-        if std > 0:
-            value = flat[start : start + size].reshape(shape) * xp.asarray(std, flat.dtype)
-            start += size
-        else:
-            value = xp.full(shape, 1.0 if std < 0 else 0.0, flat.dtype)
-        out[name] = jnp.asarray(value)
-    return out
+    finite = jnp.all(jnp.isfinite(v), axis=-1, keepdims=True)  # [b, heads, s, 1]
+    scores = jnp.where(finite.swapaxes(-1, -2), q @ k.swapaxes(-1, -2), jnp.nan)
+    if softmax:
+        weights = jax.nn.softmax(jnp.where(mask, scores / math.sqrt(q.shape[-1]), -jnp.inf), axis=-1)
+    else:
+        weights = jnp.where(mask, scores, 0.0) / np.maximum(pairs, 1)[:, None].astype(scores.dtype)
+    return weights, weights @ jnp.where(finite, v, 0.0)
 
 
 class _Block(nnx.Module):
-    """One pre-LayerNorm block: ``h + Attn(LN(h))`` then ``h + MLP(LN(h))`` (either part switchable)."""
+    """One pre-LayerNorm block: ``h + Attn(LN(h))`` then ``h + MLP(LN(h))`` (either LayerNorm or the MLP off).
 
-    def __init__(self, p: dict, prefix: str, num_heads: int):
-        def get(name):
-            return p.get(f"{prefix}.{name}")
+    GPT-2's initialisation: weights ``N(0, 0.02^2)``, the residual projections ``attn_out`` and ``fc_out``
+    ``N(0, (0.02 / sqrt(2 num_layers))^2)``, zero biases, unit LayerNorm scales.
+    """
 
-        self.ln1 = _LayerNorm(get("ln1.scale"), get("ln1.bias")) if get("ln1.scale") is not None else None
-        self.qkv = _Dense(get("qkv.kernel"), get("qkv.bias"))
-        self.attn_out = _Dense(get("attn_out.kernel"), get("attn_out.bias"))
-        self.ln2 = _LayerNorm(get("ln2.scale"), get("ln2.bias")) if get("ln2.scale") is not None else None
-        self.fc = _Dense(get("fc.kernel"), get("fc.bias")) if get("fc.kernel") is not None else None
-        self.fc_out = _Dense(get("fc_out.kernel"), get("fc_out.bias")) if self.fc is not None else None
+    def __init__(self, width: int, num_heads: int, hidden: int | None, num_layers: int, layer_norm: bool, dtype,
+                 rngs: nnx.Rngs):
+        proj = _STD / math.sqrt(2 * num_layers)
         self.num_heads = num_heads
+        self.ln1 = _layer_norm(width, layer_norm, dtype, rngs)
+        self.qkv = _linear(width, 3 * width, _STD, dtype, rngs)
+        self.attn_out = _linear(width, width, proj, dtype, rngs)
+        self.ln2 = _layer_norm(width, layer_norm and hidden is not None, dtype, rngs)
+        self.fc = None if hidden is None else _linear(width, hidden, _STD, dtype, rngs)
+        self.fc_out = None if hidden is None else _linear(hidden, width, proj, dtype, rngs)
+
+    def heads(self, h, b: int):
+        """``q, k, v``, each ``[b, heads, t, head_dim]``, of the LayerNormed stream ``h [b * t, width]``."""
+        w = h.shape[-1]
+        qkv = self.qkv(_maybe(self.ln1, h)).reshape(b, -1, 3, self.num_heads, w // self.num_heads)
+        return qkv.transpose(2, 0, 3, 1, 4)
+
+    def attend_out(self, h, out):
+        """``h + attn_out(out)`` for the heads' output ``out [b, heads, t, head_dim]`` and ``h [b * t, width]``."""
+        return h + self.attn_out(out.transpose(0, 2, 1, 3).reshape(h.shape))
+
+    def mlp(self, h):
+        if self.fc is None:
+            return h
+        return h + self.fc_out(jax.nn.gelu(self.fc(_maybe(self.ln2, h)), approximate=True))
 
 
 class Transformer(nnx.Module):
-    """GPT-2-style causal decoder for in-context regression (Garg et al. 2022; issue 10).
+    """GPT-2-style causal decoder for in-context regression (Garg et al. 2022).
 
     ``model(prompts) -> [batch]`` predicts the query; ``model.prefix(prompts) -> [batch, n]`` gives every
     prefix's prediction (entry ``k-1``: ``y_k`` from ``x_k`` and the first ``k-1`` pairs; docs/theory.md §10);
-    ``model.attention_maps(prompts)`` returns every layer's and head's attention weights. Built with
-    ``variance_head=True`` it also reads out a log-variance and both calls return ``(mean, var)``
-    (``returns_variance`` is then True; the Gaussian NLL losses of :func:`icl.train` use it).
+    ``model.attention_maps(prompts)`` returns every layer's and head's attention weights;
+    ``model.hidden_states(prompts)`` the residual stream; ``model.spec()`` the constructor arguments (the model
+    protocol, :mod:`icl.protocol`). Built with ``variance_head=True`` it also reads out a log-variance and both
+    calls return ``(mean, var)`` (``returns_variance`` is then True; the Gaussian NLL losses of :func:`icl.train`
+    use it).
 
     Args:
       d: input dimension of the prompts (>= 1).
@@ -198,9 +160,11 @@ class Transformer(nnx.Module):
       mlp, layer_norm: include the GELU MLPs / the LayerNorms.
       variance_head: also read out ``log var`` (mean-and-variance predictor).
       param_dtype: dtype of the parameters (float32; float64 for exactness checks under x64).
-      rngs: ``nnx.Rngs`` with a ``params`` stream. All parameters are drawn in one compiled call (GPT-2's
-        initialisation, see ``_layout``); the layers follow ``nnx.Linear``/``nnx.LayerNorm``'s parameter names
-        (``kernel [in, out]``, ``bias``, ``scale``).
+      rngs: ``nnx.Rngs`` with a ``params`` stream.
+
+    Layers are ``nnx.Linear`` (``kernel [in, out]``, ``bias``) and ``nnx.LayerNorm`` (``scale``, ``bias``;
+    GPT-2's epsilon 1e-5) with GPT-2's initialisation: the read-in and read-outs ``N(0, 1/fan_in)``, the learned
+    positions (a ``[num_positions, width]`` ``nnx.Param``) ``N(0, 0.02^2)``, the blocks as in ``_Block``.
 
     Raises:
       ValueError: naming the argument, for a non-positive size, ``width`` not divisible by ``num_heads``, or an
@@ -220,10 +184,10 @@ class Transformer(nnx.Module):
                  attention: str = "softmax", mlp: bool = True, layer_norm: bool = True, variance_head: bool = False,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.d = check_positive_int("d", d)
-        num_layers = check_positive_int("num_layers", num_layers)
-        width = check_positive_int("width", width)
-        num_heads = check_positive_int("num_heads", num_heads)
-        mlp_ratio = check_positive_int("mlp_ratio", mlp_ratio)
+        self.num_layers = check_positive_int("num_layers", num_layers)
+        self.width = check_positive_int("width", width)
+        self.num_heads = check_positive_int("num_heads", num_heads)
+        self.mlp_ratio = check_positive_int("mlp_ratio", mlp_ratio)
         self.max_pairs = check_positive_int("max_pairs", max_pairs)
         if width % num_heads:
             raise ValueError(f"width must be divisible by num_heads, got width={width} and num_heads={num_heads}")
@@ -232,32 +196,30 @@ class Transformer(nnx.Module):
         self.attention = _check_choice("attention", attention, _ATTENTION)
         self.mlp = _check_bool("mlp", mlp)
         self.layer_norm = _check_bool("layer_norm", layer_norm)
-        variance_head = _check_bool("variance_head", variance_head)
-        param_dtype = jnp.dtype(param_dtype)
-        # Constructor arguments (hashable, no rngs): icl.load_checkpoint rebuilds the model from them.
-        self._init_args = (("d", self.d), ("num_layers", num_layers), ("width", width), ("num_heads", num_heads),
-                           ("mlp_ratio", mlp_ratio), ("encoding", encoding), ("positional", positional),
-                           ("max_pairs", self.max_pairs), ("attention", attention), ("mlp", self.mlp),
-                           ("layer_norm", self.layer_norm), ("variance_head", variance_head),
-                           ("param_dtype", param_dtype.name))
-        self.num_layers, self.width, self.num_heads = num_layers, width, num_heads
+        self.variance_head = _check_bool("variance_head", variance_head)
+        dtype = jnp.dtype(param_dtype)
+        self.param_dtype = dtype.name
         token_dim = d if encoding == "interleaved" else d + 1
         # Interleaved: 2 tokens per pair and the query; stacked: one per pair and the query.
         self.num_positions = 2 * max_pairs + 1 if encoding == "interleaved" else max_pairs + 1
-        layout = _layout(token_dim, width, mlp_ratio, num_layers, self.mlp, self.layer_norm,
-                         self.num_positions if positional == "learned" else None, variance_head)
-        p = _init_arrays(rngs.params(), layout, param_dtype)
-        self.read_in = _Dense(p["read_in.kernel"], p["read_in.bias"])
-        self.positions = nnx.Param(p["positions"]) if "positions" in p else None
-        self.blocks = nnx.List([_Block(p, f"blocks.{i}", num_heads) for i in range(num_layers)])
-        self.ln_f = _LayerNorm(p["ln_f.scale"], p["ln_f.bias"]) if layer_norm else None
-        self.read_out = _Dense(p["read_out.kernel"], p["read_out.bias"])
-        self.log_var_out = _Dense(p["log_var_out.kernel"], p["log_var_out.bias"]) if variance_head else None
-        if variance_head:
+        self.read_in = _linear(token_dim, width, None, dtype, rngs)
+        self.positions = (nnx.Param(nnx.initializers.normal(_STD)(rngs.params(), (self.num_positions, width), dtype))
+                          if positional == "learned" else None)
+        hidden = mlp_ratio * width if self.mlp else None
+        self.blocks = nnx.List([_Block(width, num_heads, hidden, num_layers, self.layer_norm, dtype, rngs)
+                                for _ in range(num_layers)])
+        self.ln_f = _layer_norm(width, self.layer_norm, dtype, rngs)
+        self.read_out = _linear(width, 1, None, dtype, rngs)
+        self.log_var_out = _linear(width, 1, None, dtype, rngs) if self.variance_head else None
+        if self.variance_head:
             self.returns_variance = True
 
-    # ----------------------------------------------------------------------------------------------------
-    # public calls
+    def spec(self) -> dict:
+        """The constructor's keyword arguments (JSON-able): ``Transformer(**m.spec(), rngs=...)`` has m's structure."""
+        names = ("d", "num_layers", "width", "num_heads", "mlp_ratio", "encoding", "positional", "max_pairs",
+                 "attention", "mlp", "layer_norm", "variance_head", "param_dtype")
+        return {name: getattr(self, name) for name in names}
+
     def __call__(self, prompts: Prompts):
         """Prediction of the query, ``[batch]`` (``(mean, var)`` with ``variance_head``)."""
         return self._apply("query", prompts)
@@ -267,7 +229,8 @@ class Transformer(nnx.Module):
 
         Equals the model run on the truncated prompt ``(x_1..x_{k-1}, y_1..y_{k-1}; x_k)`` for every ``k``, in
         one pass (interleaved: one causal pass read at the x tokens; stacked: a query stream beside the
-        context stream, see the module docstring). Cost about one forward pass (two for stacked).
+        context stream, see the module docstring). Cost about one forward pass (two for stacked). Entry ``k-1``
+        depends on ``x_1..x_k`` and ``y_1..y_{k-1}`` only: a NaN in ``y_j`` leaves the entries before ``j`` finite.
         """
         return self._apply("prefix", prompts)
 
@@ -297,171 +260,90 @@ class Transformer(nnx.Module):
         graphdef, state = nnx.split(self)
         return _compiled(graphdef, state, Prompts(*prompts), what)
 
-    def _run(self, what: str, prompts: Prompts):
-        n = prompts.x.shape[1]
-        if what == "prefix":
-            tokens = self._tokens(prompts, query=False)
-            if self.encoding == "interleaved":
-                h, _ = self._stream(tokens, None, _context_pairs("interleaved", 2 * n), None)
-                return self._read(h[:, 0::2])
-            queries = jnp.concatenate([prompts.x, jnp.zeros_like(prompts.y)[..., None]], axis=-1)
-            _, g = self._stream(tokens, queries, _context_pairs("stacked", n), None)
-            return self._read(g)
-        tokens = self._tokens(prompts, query=True)
-        pairs = _context_pairs(self.encoding, tokens.shape[1], query=True)
-        if what == "query":
-            h, _ = self._stream(tokens, None, pairs, None)
-            return self._read(h[:, -1])
-        if what == "maps":
-            maps: list = []
-            self._stream(tokens, None, pairs, maps)
-            return jnp.stack(maps)
-        states: list = []
-        self._stream(tokens, None, pairs, None, states)
-        return states
-
-    # ----------------------------------------------------------------------------------------------------
-    # internals
-    def _check(self, prompts: Prompts) -> int:
-        x = prompts.x
-        if x.ndim != 3:
-            raise ValueError(f"prompts.x must have shape [batch, n, d], got {tuple(x.shape)}")
-        if x.shape[-1] != self.d:
-            raise ValueError(f"d mismatch: prompts have d={x.shape[-1]} but the model was built with d={self.d}")
-        if prompts.x_query.ndim != 2:
-            raise ValueError(f"prompts.x_query must be [batch, d] (one query); got {tuple(prompts.x_query.shape)}; "
-                             "flatten several queries with icl.tasks.each_query")
-        n = x.shape[1]
+    def _check(self, prompts: Prompts) -> None:
+        x, y, x_query = (np.shape(a) for a in (prompts.x, prompts.y, prompts.x_query))
+        if len(x) != 3:
+            raise ValueError(f"prompts.x must have shape [batch, n, d], got {x}")
+        b, n, d = x
+        if d != self.d:
+            raise ValueError(f"d mismatch: prompts have d={d} but the model was built with d={self.d}")
+        if x_query != (b, d):
+            hint = "; flatten several queries with icl.tasks.each_query" if len(x_query) == 3 else ""
+            raise ValueError(f"prompts.x_query must have shape [batch, d] = {(b, d)} (one query per prompt), "
+                             f"got {x_query}{hint}")
+        if y != (b, n):
+            raise ValueError(f"prompts.y must have shape [batch, n] = {(b, n)} (one label per context point), got {y}")
         if self.positional == "learned" and n > self.max_pairs:
             raise ValueError(f"prompts have n={n} context pairs but the model has learned positions for at most "
                              f"max_pairs={self.max_pairs}; build it with a larger max_pairs or positional='none'")
-        return n
 
-    def _tokens(self, prompts: Prompts, query: bool) -> jax.Array:
+    def _run(self, what: str, prompts: Prompts):
         x, y = prompts.x, prompts.y
-        if self.encoding == "interleaved":
-            y_wide = jnp.concatenate([y[..., None], jnp.zeros_like(x[..., 1:])], axis=-1)
-            tokens = jnp.stack([x, y_wide], axis=2).reshape(x.shape[0], 2 * x.shape[1], x.shape[2])
-            if query:
-                tokens = jnp.concatenate([tokens, prompts.x_query[:, None]], axis=1)
-            return tokens
-        tokens = jnp.concatenate([x, y[..., None]], axis=-1)
-        if query:
-            q = jnp.concatenate([prompts.x_query, jnp.zeros_like(prompts.x_query[:, :1])], axis=-1)
-            tokens = jnp.concatenate([tokens, q[:, None]], axis=1)
-        return tokens
-
-    def _embed(self, tokens: jax.Array) -> jax.Array:
-        h = self.read_in(tokens)
-        if self.positions is not None:
-            h = h + self.positions[: tokens.shape[1]].astype(h.dtype)
-        return h
+        b, n, d = x.shape
+        if self.encoding == "interleaved":  # x_1, [y_1, 0...0], ..., x_n, [y_n, 0...0] (, x_q)
+            tokens = jnp.stack([x, jnp.pad(y[..., None], ((0, 0), (0, 0), (0, d - 1)))], axis=2).reshape(b, 2 * n, d)
+            query = prompts.x_query
+        else:  # [x_i, y_i] (, [x_q, 0])
+            tokens = jnp.concatenate([x, y[..., None]], axis=-1)
+            query = jnp.pad(prompts.x_query, ((0, 0), (0, 1)))
+        if what == "prefix":
+            if self.encoding == "interleaved":
+                return self._read(self._stream(tokens)[0][:, 0::2])
+            return self._read(self._stream(tokens, jnp.pad(x, ((0, 0), (0, 0), (0, 1))))[1])
+        maps, states = [], []
+        h, _ = self._stream(jnp.concatenate([tokens, query[:, None]], axis=1), None, maps, states)
+        if what == "query":
+            return self._read(h[:, -1])
+        return jnp.stack(maps) if what == "maps" else states
 
     def _read(self, h: jax.Array):
-        if self.ln_f is not None:
-            h = self.ln_f(h)
-        mean = self.read_out(h)[..., 0]
-        if self.log_var_out is None:
-            return mean
-        return mean, jnp.exp(self.log_var_out(h)[..., 0])
+        """The read-out (mean, or ``(mean, var)``) of the stream ``h [..., width]``, shape ``[...]``."""
+        shape = h.shape[:-1]
+        h = _maybe(self.ln_f, h.reshape(-1, h.shape[-1]))
+        mean = self.read_out(h).reshape(shape)
+        return mean if self.log_var_out is None else (mean, jnp.exp(self.log_var_out(h)).reshape(shape))
 
-    def _stream(self, tokens, queries, pairs, maps, states=None):
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        """``[b * T, width]``: read-in plus positions of ``tokens [b, T, ·]``."""
+        b, t, dim = tokens.shape
+        h = self.read_in(tokens.reshape(b * t, dim)).reshape(b, t, -1)
+        h = h if self.positions is None else h + self.positions[:t].astype(h.dtype)
+        return h.reshape(b * t, -1)
+
+    def _stream(self, tokens, queries=None, maps=None, states=None):
         """Run the blocks over the causal context stream ``tokens [b, T, ·]`` and, if given, the query stream
         ``queries [b, T, ·]`` (query ``t`` sits at position ``t``, attends to context tokens ``< t`` and itself).
-        ``pairs [T]``: context pairs attended by each position (linear attention's divisor)."""
+        Returns the final ``(h, g)``, each ``[b, T, width]`` (``g`` None without queries); appends each block's
+        maps and the states. Inside, the streams are ``[b * T, width]``, so every layer but attention is one 2-D
+        matmul (for 3-D activations XLA:CPU adds transposes to the gradient: 10-20% of a training step)."""
+        b, t, _ = tokens.shape
+        position = np.arange(t)
+        causal = position[:, None] >= position[None, :]
+        # Linear attention's divisor: the complete context pairs each token attends (a query token is not one;
+        # without a query stream a stacked prompt ends in its query [x_q, 0]).
+        pairs = (position + 1) // 2 if self.encoding == "interleaved" else position + 1
+        if queries is None and self.encoding == "stacked":
+            pairs[-1] = t - 1
+        query_mask = np.concatenate([causal & ~np.eye(t, dtype=bool), np.eye(t, dtype=bool)], axis=1)
+        softmax = self.attention == "softmax"
         h = self._embed(tokens)
         g = None if queries is None else self._embed(queries)
         if states is not None:
-            states.append(h)
+            states.append(h.reshape(b, t, -1))
         for block in self.blocks:
-            h, g = self._block(block, h, g, pairs, maps)
-            if states is not None:
-                states.append(h)
-        return h, g
-
-    def _block(self, block: _Block, h, g, pairs, maps):
-        a_h = block.ln1(h) if block.ln1 is not None else h
-        a_g = None if g is None else (block.ln1(g) if block.ln1 is not None else g)
-        out_h, out_g = self._attend(block, a_h, a_g, pairs, maps)
-        h = h + out_h
-        g = None if g is None else g + out_g
-        if block.fc is not None:
-            h = h + self._mlp(block, h)
-            g = None if g is None else g + self._mlp(block, g)
-        return h, g
-
-    @staticmethod
-    def _mlp(block: _Block, h):
-        a = block.ln2(h) if block.ln2 is not None else h
-        return block.fc_out(jax.nn.gelu(block.fc(a), approximate=True))
-
-    def _attend(self, block: _Block, a_h, a_g, pairs, maps):
-        b, t, w = a_h.shape
-        heads = block.num_heads
-        dh = w // heads
-        softmax = self.attention == "softmax"
-        scale = 1.0 / math.sqrt(dh) if softmax else 1.0
-        causal = np.tril(np.ones((t, t), bool))
-        inv_pairs = (1.0 / np.maximum(pairs, 1)).astype(np.float64)  # linear attention's 1/#pairs per row
-        if t * dh <= _BROADCAST_MAX:
-            # Short prompts: [b, t, s, heads] products summed over the head dimension. XLA:CPU runs the
-            # b * heads tiny batched matmuls of the other layout slowly (measurements at _BROADCAST_MAX).
-            q, k, v = (z.reshape(b, t, heads, dh) for z in jnp.split(block.qkv(a_h), 3, axis=-1))
-            scores = jnp.sum((q * scale)[:, :, None] * k[:, None], axis=-1)
-            mask = causal[None, :, :, None]
-            if softmax:
-                weights = jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), axis=2)
-            else:
-                weights = jnp.where(mask, scores, 0.0) * jnp.asarray(inv_pairs, scores.dtype)[None, :, None, None]
-            if maps is not None:
-                maps.append(weights.transpose(0, 3, 1, 2))
-            out_h = jnp.sum(weights[..., None] * v[:, None], axis=2).reshape(b, t, w)
-        else:
-            # One transpose of the fused projection to [3, b, heads, t, dh]: batched matmuls in their natural layout.
-            q, k, v = block.qkv(a_h).reshape(b, t, 3, heads, dh).transpose(2, 0, 3, 1, 4)
-            scores = (q * scale) @ k.swapaxes(-1, -2)
-            if softmax:
-                weights = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
-            else:
-                weights = jnp.where(causal, scores, 0.0) * jnp.asarray(inv_pairs, scores.dtype)[:, None]
+            q, k, v = block.heads(h, b)
+            weights, out = _attend(q, k, v, causal, pairs, softmax)
+            if g is not None:  # query t: context keys < t, then its own key
+                qg, kg, vg = block.heads(g, b)
+                _, out_g = _attend(qg, jnp.concatenate([k, kg], 2), jnp.concatenate([v, vg], 2), query_mask,
+                                   position, softmax)
+                g = block.mlp(block.attend_out(g, out_g))
+            h = block.mlp(block.attend_out(h, out))
             if maps is not None:
                 maps.append(weights)
-            out_h = (weights @ v).transpose(0, 2, 1, 3).reshape(b, t, w)
-            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, t, heads, dh] for the query stream
-        out_h = block.attn_out(out_h)
-        if a_g is None:
-            return out_h, None
-        # Query stream: query t attends to context tokens s < t and to itself.
-        qg, kg, vg = jnp.split(block.qkv(a_g), 3, axis=-1)
-        qg, kg, vg = (z.reshape(b, t, heads, dh) for z in (qg, kg, vg))
-        strict = np.tril(np.ones((t, t), bool), -1)
-        s_ctx = jnp.einsum("bthe,bshe->bhts", qg * scale, k)
-        s_self = jnp.einsum("bthe,bthe->bht", qg * scale, kg)
-        if softmax:
-            s_ctx = jnp.where(strict, s_ctx, -jnp.inf)
-            top = jnp.maximum(jnp.max(s_ctx, axis=-1), s_self)  # s_self is finite: every row has one entry
-            e_ctx = jnp.exp(s_ctx - top[..., None])
-            e_self = jnp.exp(s_self - top)
-            total = jnp.sum(e_ctx, axis=-1) + e_self
-            w_ctx, w_self = e_ctx / total[..., None], e_self / total
-        else:
-            inv = jnp.asarray(1.0 / np.maximum(np.arange(t), 1), s_ctx.dtype)  # query t attends t pairs
-            w_ctx = jnp.where(strict, s_ctx, 0.0) * inv[:, None]
-            w_self = s_self * inv
-        out_g = jnp.einsum("bhts,bshe->bthe", w_ctx, v) + jnp.einsum("bht,bthe->bthe", w_self, vg)
-        return out_h, block.attn_out(out_g.reshape(b, t, w))
-
-
-def _context_pairs(encoding: str, num_tokens: int, query: bool = False) -> np.ndarray:
-    """Complete context pairs that token ``t`` attends to causally (tokens ``0..t``); with ``query`` the last
-    token is the query (interleaved ``x_q``: already not counted; stacked ``[x_q, 0]``: not a pair)."""
-    t = np.arange(num_tokens)
-    if encoding == "interleaved":
-        return (t + 1) // 2
-    pairs = t + 1
-    if query:
-        pairs[-1] = num_tokens - 1
-    return pairs
+            if states is not None:
+                states.append(h.reshape(b, t, -1))
+        return h.reshape(b, t, -1), None if g is None else g.reshape(b, t, -1)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "what"))
