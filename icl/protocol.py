@@ -15,6 +15,10 @@ A **model** is a predictor that is a ``flax.nnx.Module`` (so :func:`icl.train` c
   ``(mean, variance)`` pairs of those shapes, and the Gaussian NLL losses and calibration use them;
 - ``hidden_states(prompts) -> list of [batch, T, width]`` (optional): the token states before the first
   layer and after each, ``T`` positions with the query last, read by :func:`icl.probe`;
+- ``trained_pairs: int | None`` (optional): a model with learned positions declares it (``None`` when built);
+  :func:`icl.train` sets it to the training length on the structure it returns (:func:`mark_trained_length`),
+  and the model then refuses longer prompts with a ValueError naming both lengths, unless the caller sets it
+  back to ``None`` (a length-generalisation study);
 - ``spec() -> dict`` (optional): JSON-able keyword arguments such that ``type(model)(**model.spec(),
   rngs=nnx.Rngs(0))`` rebuilds a model of the same structure. :func:`icl.save_checkpoint` records it, so
   :func:`icl.load_checkpoint` needs no ``model_fn``, and resuming refuses a model whose spec differs.
@@ -40,6 +44,7 @@ __all__ = [
     "mean_of",
     "model_spec",
     "build_model",
+    "mark_trained_length",
 ]
 
 
@@ -135,3 +140,13 @@ def build_model(spec: dict, rngs):
         raise ValueError(f"cannot rebuild the model class {spec['class']!r} ({err}); import the module that defines "
                          "it, or pass model_fn, the function that built the model") from None
     return obj(**{k: _tuplify(v) for k, v in spec["kwargs"].items()}, rngs=rngs)
+
+
+def mark_trained_length(model, n: int):
+    """Record that ``model`` was trained on prompts of ``n`` context pairs, if it declares ``trained_pairs`` (a
+    model with learned positions, which refuses longer prompts unless ``trained_pairs`` is set to None). The
+    library calls it on the structure it builds for a training run or a checkpoint, never on a user's
+    instance. Returns ``model``."""
+    if hasattr(model, "trained_pairs"):
+        model.trained_pairs = int(n)
+    return model

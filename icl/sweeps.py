@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from icl.protocol import model_spec
+from icl.protocol import mark_trained_length, model_spec
 from icl.training import TrainConfig, TrainResult, run_engine, run_keys
 from icl.training.engine import stack_trees
 
@@ -155,7 +155,7 @@ def _train_group(points, configs, model_fn, task_fn, devices, loss_fn):
     for k, p in enumerate(points):
         models = [_call_with(model_fn, p, nnx.Rngs(params=jax.random.fold_in(key, 0)))
                   for key in keys[k * seeds:(k + 1) * seeds]]
-        graphdef = nnx.graphdef(models[0])
+        graphdef = nnx.graphdef(mark_trained_length(models[0], configs[0].n))
         params += [nnx.state(m) for m in models]
         specs.append(model_spec(models[0]))
     num_runs = len(points) * seeds

@@ -200,7 +200,8 @@ def truncated(p, k):
     return icl.Prompts(x=p.x[:, : k - 1], y=p.y[:, : k - 1], x_query=p.x[:, k - 1], y_query=p.y[:, k - 1], w=p.w)
 
 
-def test_every_prefix_loss_is_the_mean_of_query_losses_on_truncated_prompts():
+def test_every_prefix_loss_is_the_mean_of_query_losses_on_truncated_prompts_and_the_query():
+    """k = 1..n + 1: the query is the (n + 1)-th point, so the position model(prompts) reads is trained."""
     n = 4
     with x64():
         model = PrefixGD(3, rngs=nnx.Rngs(0))
@@ -210,6 +211,8 @@ def test_every_prefix_loss_is_the_mean_of_query_losses_on_truncated_prompts():
         query = icl.TrainConfig(n=n)
         per_k = [float(jnp.mean(p.y[:, 0] ** 2))]  # k = 1: no context, the no-data answer 0
         per_k += [float(icl.training_loss(model, truncated(p, k), query)) for k in range(2, n + 1)]
+        per_k += [float(icl.training_loss(model, p, query))]  # k = n + 1: the query from all n pairs
+    assert len(per_k) == n + 1
     assert_close(loss, np.mean(per_k), EXACT_F64, "every-prefix loss")
 
 
@@ -221,8 +224,9 @@ def test_nll_and_beta_nll_losses_match_the_gaussian_formula():
         terms = 0.5 * np.log(2 * np.pi * var) + (np.asarray(p.y_query) - mean) ** 2 / (2 * var)
         nll = float(icl.training_loss(model, p, icl.TrainConfig(loss="nll")))
         beta = float(icl.training_loss(model, p, icl.TrainConfig(loss="beta_nll", nll_beta=0.5)))
-        pm, pv = (np.asarray(a) for a in model.prefix(p))
-        prefix_terms = 0.5 * np.log(2 * np.pi * pv) + (np.asarray(p.y) - pm) ** 2 / (2 * pv)
+        ext = icl.training.with_query_as_last_pair(p)
+        pm, pv = (np.asarray(a) for a in model.prefix(ext))
+        prefix_terms = 0.5 * np.log(2 * np.pi * pv) + (np.asarray(ext.y) - pm) ** 2 / (2 * pv)
         prefix_nll = float(icl.training_loss(model, p, icl.TrainConfig(loss="every_prefix_nll")))
         # beta-NLL: the weight stop_gradient(v)^beta scales the gradient, not only the value.
         g = nnx.grad(lambda m: icl.training_loss(m, p, icl.TrainConfig(loss="beta_nll", nll_beta=1.0)))(model)
@@ -283,11 +287,11 @@ def test_curriculum_zeroes_inactive_dimensions_and_targets_use_only_active_ones(
         masked = icl.Prompts(x=jnp.asarray(x), y=jnp.asarray(np.einsum("bnd,bd->bn", x, w)),
                              x_query=p.x_query * keep, y_query=p.y_query, w=jnp.asarray(w))
         pred = np.asarray(model.prefix(masked))
-        expected = np.mean((pred[:, :3] - np.asarray(masked.y)[:, :3]) ** 2)
+        expected = np.mean((pred[:, :3] - np.asarray(masked.y)[:, :3]) ** 2)  # the query joins at full length
         full = float(icl.training_loss(model, p, config))  # default step: the end, everything active
         plain = float(icl.training_loss(model, p, icl.TrainConfig(n=8, loss="every_prefix")))
     assert_close(loss0, expected, EXACT_F64, "curriculum loss at step 0")
-    assert full == plain
+    assert_close(full, plain, EXACT_F64, "curriculum at full length")
 
 
 def test_training_with_a_curriculum_runs_and_bad_curricula_are_value_errors():

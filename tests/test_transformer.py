@@ -160,8 +160,9 @@ def test_prompts_longer_than_max_pairs_are_rejected_unless_positions_are_off():
     with pytest.raises(ValueError, match="max_pairs"):
         model(_prompts(n=5))
     with pytest.raises(ValueError, match="max_pairs"):
-        model.prefix(_prompts(n=5))
+        model.prefix(_prompts(n=6))
     assert jax.eval_shape(model, _prompts(n=4)).shape == (B,)
+    assert jax.eval_shape(model.prefix, _prompts(n=5)).shape == (B, 5)  # its last label is never read
     free = icl.Transformer(D, max_pairs=4, positional="none", rngs=nnx.Rngs(0), **ONE)
     assert jax.eval_shape(free.prefix, _prompts(n=6)).shape == (B, 6)
 
@@ -274,3 +275,29 @@ def test_every_prefix_loss_trains_a_few_finite_steps():
     result = icl.train(lambda r: icl.Transformer(D, rngs=r, **tiny), task, config)
     assert result.losses.shape == (1, 4)
     assert np.all(np.isfinite(result.losses))
+
+
+def test_a_trained_model_refuses_prompts_longer_than_its_training_length_unless_asked():
+    """icl.train records the length it trained at; untrained learned positions are never read silently."""
+    task = icl.LinearRegressionTask.isotropic(3, 0.1)
+    config = icl.TrainConfig(steps=2, batch=8, n=5, lr=1e-3, loss="every_prefix")
+    result = icl.train(lambda rngs: icl.Transformer(3, num_layers=1, width=8, num_heads=2, max_pairs=12,
+                                                    rngs=rngs), task, config)
+    model = result.model(0)
+    assert model.trained_pairs == 5
+    p5, p6, p8 = (task.sample(jax.random.key(0), 4, n) for n in (5, 6, 8))
+    model(p5), model.prefix(p5), model.prefix(p6)  # the trained lengths: the query is pair 6 of the loss
+    with pytest.raises(ValueError, match=r"n=6 .* trained_pairs=5"):
+        model(p6)
+    with pytest.raises(ValueError, match=r"n=8 .* trained_pairs=5"):
+        model.prefix(p8)
+    model.trained_pairs = None  # a length-generalisation study opts in
+    assert model(p8).shape == (4,)
+
+
+def test_prefix_of_the_prompt_extended_by_its_query_ends_with_the_query_prediction():
+    """Entry n + 1 of the every-prefix loss is exactly model(prompts): one position, trained once."""
+    model = icl.Transformer(3, num_layers=2, width=16, num_heads=2, max_pairs=6, rngs=nnx.Rngs(1))
+    p = icl.LinearRegressionTask.isotropic(3, 0.1).sample(jax.random.key(2), 4, 6)
+    ext = icl.training.with_query_as_last_pair(p)
+    np.testing.assert_allclose(np.asarray(model.prefix(ext))[:, -1], np.asarray(model(p)), rtol=1e-5, atol=1e-6)

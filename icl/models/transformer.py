@@ -155,7 +155,7 @@ class Transformer(nnx.Module):
       positional: ``"learned"`` (GPT-2) or ``"none"``.
       max_pairs: with learned positions, the longest context (pairs) the model accepts; a longer prompt is a
         ValueError (train with ``max_pairs`` above the training length for length-shift experiments, or use
-        ``positional="none"``).
+        ``positional="none"``). ``prefix`` accepts one pair more (its last label is never read).
       attention: ``"softmax"`` (GPT-2) or ``"linear"`` (unnormalised, ``1/#context pairs`` attended, as in the LSA).
       mlp, layer_norm: include the GELU MLPs / the LayerNorms.
       variance_head: also read out ``log var`` (mean-and-variance predictor).
@@ -213,6 +213,10 @@ class Transformer(nnx.Module):
         self.log_var_out = _linear(width, 1, None, dtype, rngs) if self.variance_head else None
         if self.variance_head:
             self.returns_variance = True
+        # Learned positions beyond the training length are untrained: icl.train records the length it trained at
+        # on its own copy of the structure (icl.protocol.mark_trained_length); a longer prompt is then a
+        # ValueError. Set model.trained_pairs = None to evaluate at other lengths (length generalisation).
+        self.trained_pairs = None
 
     def spec(self) -> dict:
         """The constructor's keyword arguments (JSON-able): ``Transformer(**m.spec(), rngs=...)`` has m's structure."""
@@ -256,11 +260,11 @@ class Transformer(nnx.Module):
     def _apply(self, what: str, prompts: Prompts):
         """Validate (static shapes), then run ``what`` as one compiled program (cached per model structure and
         shape), so eager calls are fast; inside an outer ``jit``/``grad`` the inner ``jit`` is inlined."""
-        self._check(prompts)
+        self._check(prompts, what)
         graphdef, state = nnx.split(self)
         return _compiled(graphdef, state, Prompts(*prompts), what)
 
-    def _check(self, prompts: Prompts) -> None:
+    def _check(self, prompts: Prompts, what: str = "query") -> None:
         x, y, x_query = (np.shape(a) for a in (prompts.x, prompts.y, prompts.x_query))
         if len(x) != 3:
             raise ValueError(f"prompts.x must have shape [batch, n, d], got {x}")
@@ -273,9 +277,16 @@ class Transformer(nnx.Module):
                              f"got {x_query}{hint}")
         if y != (b, n):
             raise ValueError(f"prompts.y must have shape [batch, n] = {(b, n)} (one label per context point), got {y}")
-        if self.positional == "learned" and n > self.max_pairs:
+        extra = int(what == "prefix")  # prefix never reads its last label, so it needs one position less
+        if self.positional == "learned" and n > self.max_pairs + extra:
             raise ValueError(f"prompts have n={n} context pairs but the model has learned positions for at most "
-                             f"max_pairs={self.max_pairs}; build it with a larger max_pairs or positional='none'")
+                             f"max_pairs={self.max_pairs}{' (+1 for prefix)' if extra else ''}; build it with a "
+                             "larger max_pairs or positional='none'")
+        if self.positional == "learned" and self.trained_pairs is not None and n > self.trained_pairs + extra:
+            raise ValueError(f"prompts have n={n} context pairs but this model was trained on prompts of "
+                             f"trained_pairs={self.trained_pairs} pairs (the query as pair {self.trained_pairs + 1}); "
+                             "its learned positions beyond them are untrained. To study length generalisation, "
+                             "opt in with model.trained_pairs = None")
 
     def _run(self, what: str, prompts: Prompts):
         x, y = prompts.x, prompts.y
@@ -287,8 +298,8 @@ class Transformer(nnx.Module):
             tokens = jnp.concatenate([x, y[..., None]], axis=-1)
             query = jnp.pad(prompts.x_query, ((0, 0), (0, 1)))
         if what == "prefix":
-            if self.encoding == "interleaved":
-                return self._read(self._stream(tokens)[0][:, 0::2])
+            if self.encoding == "interleaved":  # the last label token is never read: 2n - 1 tokens
+                return self._read(self._stream(tokens[:, :-1])[0][:, 0::2])
             return self._read(self._stream(tokens, jnp.pad(x, ((0, 0), (0, 0), (0, 1))))[1])
         maps, states = [], []
         h, _ = self._stream(jnp.concatenate([tokens, query[:, None]], axis=1), None, maps, states)

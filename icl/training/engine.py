@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 
 from icl import compiler
-from icl.protocol import model_spec
+from icl.protocol import mark_trained_length, model_spec
 from icl.pytree import Static, is_pytree
 from icl.tasks import Task
 from icl.training.config import TrainConfig, check_int, make_optimizer
@@ -163,7 +163,7 @@ def train(
         the last step (the loss of the final parameters on a fresh batch is checked too).
     """
     t0 = time.perf_counter()
-    model = nnx.eval_shape(lambda: model_fn(nnx.Rngs(0)))  # structure only: nothing is computed or compiled
+    model = mark_trained_length(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))), config.n)  # structure only
     keys = run_keys(config.seed, config.num_seeds)
     # Op by op, not one jitted program: with a jitted initialiser a checkpointed and resumed run differed from
     # an uninterrupted one by about 1e-9 (tests/test_one_step_gd_experiment.py); the cause was not found.

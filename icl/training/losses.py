@@ -1,8 +1,10 @@
 """The training losses (``TrainConfig.loss``, docs/theory.md §1) and the curriculum applied before them.
 
 - ``"query"``: ``mean_b (y_hat_b - y_query_b)^2`` (a model returning ``[batch]``).
-- ``"every_prefix"``: ``mean_{b,k} (prefix_{b,k} - y_{b,k})^2`` over ``model.prefix(prompts) [batch, n]``
-  (Garg et al. 2022: entry ``k`` predicts ``y_k`` from the first ``k - 1`` pairs).
+- ``"every_prefix"``: ``mean_{b,k} (prefix_{b,k} - y_{b,k})^2`` over ``k = 1..n + 1`` (Garg et al. 2022: entry
+  ``k`` predicts ``y_k`` from the first ``k - 1`` pairs). The query is the ``(n + 1)``-th point: the loss is
+  ``model.prefix`` of the prompt extended by the pair ``(x_query, y_query)``, ``[batch, n + 1]``, so the
+  position ``model(prompts)`` reads is trained too (with learned positions it would otherwise never be).
 - ``"nll"``: Gaussian negative log-likelihood ``0.5 log(2 pi v) + (y - mu)^2 / (2 v)`` of a
   mean-and-variance model's ``(mu, v)`` at the query; ``"beta_nll"`` weights each term by
   ``stop_gradient(v)^beta`` (Seitzer et al. 2022; ``beta = TrainConfig.nll_beta``).
@@ -21,7 +23,7 @@ from icl.protocol import check_output, has_prefix, predictor_name, returns_varia
 from icl.tasks import Prompts
 from icl.training.config import NLL_LOSSES, PREFIX_LOSSES, TrainConfig, check_int
 
-__all__ = ["mse_loss", "gaussian_nll", "training_loss", "objective", "check_task"]
+__all__ = ["mse_loss", "gaussian_nll", "training_loss", "objective", "check_task", "with_query_as_last_pair"]
 
 
 def mse_loss(model: Callable[[Prompts], jax.Array], prompts: Prompts) -> jax.Array:
@@ -51,15 +53,25 @@ def _builtin_loss(config: TrainConfig, model, prompts: Prompts, points):
     prefix = kind in PREFIX_LOSSES
     if prefix and not has_prefix(model):
         raise ValueError(f"loss={kind!r} needs model.prefix(prompts) -> [batch, n]; {name} has no prefix method")
+    n = prompts.y.shape[1]
+    if prefix:
+        prompts = with_query_as_last_pair(prompts)
     out = check_output(name, model.prefix(prompts) if prefix else model(prompts), prompts, prefix=prefix,
                        variance=variance)
     y = prompts.y if prefix else prompts.y_query
     terms = gaussian_nll(out[0], out[1], y, beta) if nll else (out - y) ** 2
-    n = prompts.y.shape[1]
     if not prefix or (isinstance(points, int) and points == n):
         return jnp.mean(terms)
-    mask = (jnp.arange(n) < points).astype(terms.dtype)
-    return jnp.sum(terms * mask) / (terms.shape[0] * jnp.asarray(points, terms.dtype))
+    # a curriculum length points < n counts the first `points` prefixes; the query joins at the full length
+    count = points + (points >= n)
+    mask = (jnp.arange(n + 1) < count).astype(terms.dtype)
+    return jnp.sum(terms * mask) / (terms.shape[0] * jnp.asarray(count, terms.dtype))
+
+
+def with_query_as_last_pair(prompts: Prompts) -> Prompts:
+    """The prompt with ``(x_query, y_query)`` appended as pair ``n + 1``: ``x [b, n + 1, d]``, ``y [b, n + 1]``."""
+    return prompts._replace(x=jnp.concatenate([prompts.x, prompts.x_query[:, None]], axis=1),
+                            y=jnp.concatenate([prompts.y, prompts.y_query[:, None]], axis=1))
 
 
 def _mask_dims(prompts: Prompts, active) -> Prompts:
