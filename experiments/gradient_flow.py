@@ -29,7 +29,8 @@ from icl.experiment import (
     script_main,
     upper_bound_claim,
 )
-from icl.theory import gradient_flow_limit, lsa_from_parameters, train_population, zfb_initialization
+from icl.models import lsa_from_parameters
+from icl.theory import gradient_flow_limit, train_population, zfb_initialization
 
 # --- configuration -------------------------------------------------------------------------------------------
 FLAGS = dict(n=20, noise=[0.0], seeds=2, seed=0, init_scale=0.01, eval_prompts=200_000)
