@@ -66,8 +66,6 @@ __all__ = [
 # Predictors as jit arguments
 
 
-_ById = Static  # TEMP: the old fingerprint module imports it
-
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, float, int, complex, bool)
 
 

@@ -8,22 +8,8 @@ is a pure function of a PRNG key returning :class:`Prompts`. Families: :class:`L
 """
 
 from icl.tasks.base import (
-    GaussianLaw,
-    IIDLaw,
-    IllConditionedWarning,
-    Prompts,
-    TargetLaw,
-    Task,
-    check_int,
-    check_non_negative,
-    check_positive,
-    check_positive_int,
-    check_prompt_shapes,
-    check_prompts,
-    check_spd,
-    each_query,
-    random_rotation,
-)
+    GaussianLaw, IIDLaw, IllConditionedWarning, Prompts, TargetLaw, Task, check_int, check_non_negative,
+    check_positive, check_positive_int, check_prompt_shapes, check_prompts, check_spd, each_query, random_rotation)
 from icl.tasks.iid import UniformLinearTask, uniform_moments
 from icl.tasks.linear import LinearRegressionTask, weight_prior
 from icl.tasks.nonlinear import LINKS, ReluNetworkTask, SingleIndexTask
@@ -31,28 +17,8 @@ from icl.tasks.pool import FiniteTaskPool
 from icl.tasks.sparse import SparseLinearTask
 
 __all__ = [
-    "LINKS",
-    "FiniteTaskPool",
-    "GaussianLaw",
-    "IIDLaw",
-    "IllConditionedWarning",
-    "LinearRegressionTask",
-    "Prompts",
-    "ReluNetworkTask",
-    "SingleIndexTask",
-    "SparseLinearTask",
-    "TargetLaw",
-    "Task",
-    "UniformLinearTask",
-    "check_int",
-    "check_non_negative",
-    "check_positive",
-    "check_positive_int",
-    "check_prompt_shapes",
-    "check_prompts",
-    "check_spd",
-    "each_query",
-    "random_rotation",
-    "uniform_moments",
-    "weight_prior",
+    "LINKS", "FiniteTaskPool", "GaussianLaw", "IIDLaw", "IllConditionedWarning", "LinearRegressionTask", "Prompts",
+    "ReluNetworkTask", "SingleIndexTask", "SparseLinearTask", "TargetLaw", "Task", "UniformLinearTask", "check_int",
+    "check_non_negative", "check_positive", "check_positive_int", "check_prompt_shapes", "check_prompts", "check_spd",
+    "each_query", "random_rotation", "uniform_moments", "weight_prior",
 ]
