@@ -583,10 +583,9 @@ def interpolate(params_a, params_b, t):
 def _interpolation_run(ts, params_a, params_b, prompts, *, graphdef):
     def one(t):
         model = nnx.merge(graphdef, interpolate(params_a, params_b, t))
-        sq = (predict("interpolated model", model, prompts) - prompts.y_query) ** 2
-        return sq.mean(), sq.std() / jnp.sqrt(sq.shape[0] - 1.0)
+        return (predict("interpolated model", model, prompts) - prompts.y_query) ** 2
 
-    return jax.lax.map(one, ts)
+    return jax.lax.map(one, ts)  # [T, batch] squared errors
 
 
 def interpolation_losses(graphdef: nnx.GraphDef, params_a, params_b, ts, prompts: Prompts):
@@ -597,5 +596,4 @@ def interpolation_losses(graphdef: nnx.GraphDef, params_a, params_b, ts, prompts
     (``lax.map``) to bound memory. Returns numpy ``(means [T], ses [T])``.
     """
     ts = jnp.asarray(ts, dtype=jnp.asarray(0.0).dtype)
-    means, ses = _interpolation_run(ts, params_a, params_b, prompts, graphdef=graphdef)
-    return np.asarray(means), np.asarray(ses)
+    return mean_se(_interpolation_run(ts, params_a, params_b, prompts, graphdef=graphdef), axis=1)

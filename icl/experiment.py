@@ -40,6 +40,7 @@ from icl.io import (
     lower_bound_claim,
     provenance,
     relative_claim,
+    seed_spread,
     upper_bound_claim,
     write_run,
 )
@@ -74,54 +75,47 @@ NOT_CONFIG = ("out", "progress", "quick", "checkpoint_every", "resume", "compila
 # Flag types: every value is range-checked by argparse itself (exit code 2 before any work)
 
 
-def finite_float(text: str) -> float:
-    """argparse type: a finite number."""
+def _number(text: str, convert, what: str, low=None, strict: bool = False):
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if convert is int else 'a number'}, got {text!r}") \
+            from None
+    if convert is float and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    if low is not None and (value <= low if strict else value < low):
+        raise argparse.ArgumentTypeError(f"must be {what} {'>' if strict else '>='} {low}, got {text!r}")
     return value
 
 
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+def finite_float(text: str) -> float:
+    """argparse type: a finite number."""
+    return _number(text, float, "a finite number")
 
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
+    return _number(text, int, "an integer", 1)
 
 
 def nonneg_int(text: str) -> int:
     """argparse type: an integer >= 0."""
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
+    return _number(text, int, "an integer", 0)
 
 
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
-    value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
+    return _number(text, float, "a finite number", 0, strict=True)
 
 
 def nonneg_float(text: str) -> float:
     """argparse type: a finite number >= 0."""
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
+    return _number(text, float, "a finite number", 0)
+
+
+def at_least(text: str, low: int) -> int:
+    """argparse helper: an integer >= ``low`` (use as ``type=lambda t: at_least(t, 2)``)."""
+    return _number(text, int, "an integer", low)
 
 
 # The shared flags: (type, nargs, help). A script lists the ones it uses; the others do not exist for it.
@@ -140,12 +134,6 @@ COMMON_FLAGS: dict[str, tuple] = {
 }
 
 
-def at_least(text: str, low: int) -> int:
-    """argparse helper: an integer >= ``low`` (use as ``type=lambda t: at_least(t, 2)``)."""
-    value = _integer(text)
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
-    return value
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -420,10 +408,7 @@ def convergence_claim(label: str, result) -> tuple[Claim, dict]:
                "counts as unfinished when a drop exceeds the 2% tolerance AND its slope is more than 3 standard errors "
                "below 0, or when two seeds' window means differ by more than 3 SE and 2%")
     claim = Claim(f"{label}: training converged (loss flat over the last tenth, seeds agree)", None, drop, 0.02,
-                  bool(report["converged"]), detail, seeds={"mean": float(np.mean(report["window_mean"])),
-                                                            "std": float(np.std(report["window_mean"], ddof=1))
-                                                            if len(report["window_mean"]) > 1 else 0.0,
-                                                            "per_seed": list(report["window_mean"])})
+                  bool(report["converged"]), detail, seeds=seed_spread(report["window_mean"]))
     return claim, report
 
 
@@ -432,7 +417,5 @@ def seed_losses(comparison, names: Sequence[str]) -> dict:
 
     ``std`` is the spread over training seeds (ddof 1); ``se`` the largest standard error over prompts.
     """
-    per = np.array([comparison.losses[k][0] for k in names], np.float64)
     ses = np.array([comparison.losses[k][1] for k in names], np.float64)
-    return {"mean": float(per.mean()), "std": float(per.std(ddof=1)) if per.size > 1 else 0.0,
-            "per_seed": per.tolist(), "se": float(ses.max()), "se_per_seed": ses.tolist()}
+    return {**seed_spread([comparison.losses[k][0] for k in names]), "se": float(ses.max()), "se_per_seed": ses.tolist()}
