@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from icl.pytree import pytree_dataclass
-from icl.linalg import cholesky
 from icl.predictors import qr
 from icl.predictors.base import (
     Predictor,
@@ -52,6 +51,27 @@ _RIDGE_HINT = (
     " (lam = 0 is least_squares(); the lam -> inf limit is the zero predictor w = 0, which ridge does not"
     " represent: use a large finite lam)"
 )
+
+
+def cholesky(a: jax.Array) -> jax.Array:
+    """Lower Cholesky factor ``L`` with ``L L^T = A`` for SPD ``a: [..., d, d]`` (outer-product form), in plain
+    ``jax.numpy``: on CPU, jaxlib 0.10 runs batched LAPACK factorisations through a parallel batch map that we saw
+    deadlock on a 2-core machine inside a ``lax.scan``; the matrices here are tiny. Step ``j``: ``l = A[:, j] / sqrt(A[j, j])`` on rows ``>= j``, then ``A <- A - l l^T``.
+    """
+    d = a.shape[-1]
+    rows = jnp.arange(d)
+
+    def step(j, carry):
+        rem, low = carry
+        col = jnp.take(rem, j, axis=-1)  # [..., d]
+        pivot = jnp.sqrt(jnp.take(col, j, axis=-1))
+        lcol = jnp.where(rows >= j, col / pivot[..., None], 0.0)
+        low = jnp.where(rows == j, lcol[..., :, None], low)  # set column j
+        rem = rem - lcol[..., :, None] * lcol[..., None, :]
+        return rem, low
+
+    _, low = jax.lax.fori_loop(0, d, step, (a, jnp.zeros_like(a)))
+    return low
 
 
 def _check_lam(lam, name: str = "lam"):
