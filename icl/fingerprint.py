@@ -88,7 +88,7 @@ from icl.predictors import (
 )
 from icl.protocol import has_prefix, predictor_name
 from icl.pytree import pytree_dataclass, static_field
-from icl.tasks import Prompts, check_non_negative
+from icl.tasks import Prompts, check_int, check_non_negative
 
 __all__ = ["ATOL", "FAMILIES", "FIT_TOL", "Fingerprint", "fingerprint", "implicit_weights", "plot_fingerprint"]
 
@@ -105,12 +105,6 @@ FIT_TOL = 0.05
 _GRIDS = {"gd": ("eta", 1e-4, 1e2), "ridge": ("lam", 1e-6, 1e4)}  # times 1/s (eta) and s (lam)
 _NEIGHBORS = (1, 2, 3, 5, 8)
 _GOLD = (math.sqrt(5.0) - 1.0) / 2.0
-
-
-def _int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 _Plan = collections.namedtuple("_Plan", "families with_prefix max_steps lbfgs_iters neighbors")  # static, hashable
@@ -619,13 +613,13 @@ def fingerprint(predictor, task, key: jax.Array, n: int, candidates: Sequence[st
         raise ValueError(f"predictor must be callable (prompts -> [batch]), got {type(predictor).__name__}")
     if not callable(getattr(task, "sample", None)) or not hasattr(task, "d"):
         raise ValueError(f"task must have .d and .sample(key, batch, n), got {type(task).__name__}")
-    d, n, num_prompts = int(task.d), _int("n", n, 1), _int("num_prompts", num_prompts, 2)
-    num_fit = _int("num_fit_prompts", min(num_prompts, 1024) if num_fit_prompts is None else num_fit_prompts, 4)
-    num_ilwd = _int("num_ilwd_prompts", num_ilwd_prompts, 0)
+    d, n, num_prompts = int(task.d), check_int("n", n, 1), check_int("num_prompts", num_prompts, 2)
+    num_fit = check_int("num_fit_prompts", min(num_prompts, 1024) if num_fit_prompts is None else num_fit_prompts, 4)
+    num_ilwd = check_int("num_ilwd_prompts", num_ilwd_prompts, 0)
     if num_ilwd == 1 or num_ilwd > num_prompts:
         raise ValueError(f"num_ilwd_prompts must be 0 or in [2, num_prompts={num_prompts}], got {num_ilwd}")
-    q = _int("num_queries", 2 * (d + 1) if num_queries is None else num_queries, d + 1)
-    max_steps, lbfgs_iters = _int("max_steps", max_steps, 1), _int("lbfgs_iters", lbfgs_iters, 0)
+    q = check_int("num_queries", 2 * (d + 1) if num_queries is None else num_queries, d + 1)
+    max_steps, lbfgs_iters = check_int("max_steps", max_steps, 1), check_int("lbfgs_iters", lbfgs_iters, 0)
     atol, fit_tol = check_non_negative("atol", atol), check_non_negative("fit_tol", fit_tol)
     prior = getattr(task, "w_cov", None) is not None and getattr(task, "noise_std", None) is not None
     candidates = [f for f in FAMILIES if f != "bayes" or prior] if candidates is None else \

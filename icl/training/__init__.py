@@ -10,8 +10,15 @@ Grids over the same engine: :func:`icl.sweeps.sweep`; checkpoints: :mod:`icl.che
 
 from icl.training.config import LOSSES, Curriculum, TrainConfig, make_optimizer
 from icl.training.diagnostics import convergence_report
-from icl.training.engine import (Snapshots, TrainingDivergedError, TrainResult, run_engine, run_keys, train,
-                                 train_with_snapshots)
+from icl.training.engine import (
+                                 Snapshots,
+                                 TrainingDivergedError,
+                                 TrainResult,
+                                 run_engine,
+                                 run_keys,
+                                 train,
+                                 train_with_snapshots,
+)
 from icl.training.losses import gaussian_nll, mse_loss, training_loss, with_query_as_last_pair
 
 __all__ = ["TrainConfig", "Curriculum", "TrainResult", "Snapshots", "TrainingDivergedError", "train",

@@ -8,18 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from icl.tasks.base import check_int
+
 __all__ = ["TrainConfig", "Curriculum", "make_optimizer", "check_int", "LOSSES", "PREFIX_LOSSES", "NLL_LOSSES"]
 
 LOSSES = ("query", "every_prefix", "nll", "beta_nll", "every_prefix_nll", "every_prefix_beta_nll")
 PREFIX_LOSSES = ("every_prefix", "every_prefix_nll", "every_prefix_beta_nll")
 NLL_LOSSES = ("nll", "beta_nll", "every_prefix_nll", "every_prefix_beta_nll")
-
-
-def check_int(name: str, value, minimum: int | None = 0) -> int:
-    """Return ``value`` as an int, or raise ValueError naming ``name`` unless it is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (minimum is not None and value < minimum):
-        raise ValueError(f"{name} must be an integer{'' if minimum is None else f' >= {minimum}'}, got {value!r}")
-    return int(value)
 
 
 def _check_real(name: str, value, minimum: float, strict: bool, optional: bool = False):
@@ -111,7 +106,7 @@ class TrainConfig:
         for name, allowed in (("schedule", ("cosine", "constant")), ("optimizer", ("adam", "sgd")), ("loss", LOSSES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if check_int("warmup", self.warmup) >= self.steps:
+        if check_int("warmup", self.warmup, 0) >= self.steps:
             raise ValueError(f"warmup must be an integer in [0, steps), got {self.warmup!r}")
         _check_real("nll_beta", self.nll_beta, 0.0, strict=False)
         _check_real("grad_clip", self.grad_clip, 0.0, strict=True, optional=True)

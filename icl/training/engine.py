@@ -30,7 +30,8 @@ from icl import compiler
 from icl.protocol import mark_trained_length, model_spec
 from icl.pytree import Static, is_pytree
 from icl.tasks import Task
-from icl.training.config import TrainConfig, check_int, make_optimizer
+from icl.tasks.base import check_int
+from icl.training.config import TrainConfig, make_optimizer
 from icl.training.losses import check_task, objective
 
 __all__ = ["TrainResult", "Snapshots", "TrainingDivergedError", "run_engine", "run_keys", "stack_trees", "train",
@@ -214,7 +215,7 @@ def run_engine(start: TrainResult, task, keys: jax.Array, lrs=None, *, loss_fn: 
     """
     t0 = time.perf_counter()
     config, graphdef, done = start.config, start.graphdef, start.step
-    snapshot_every = check_int("snapshot_every", snapshot_every)
+    snapshot_every = check_int("snapshot_every", snapshot_every, 0)
     lrs = jnp.full((keys.shape[0],), config.lr) if lrs is None else jnp.asarray(lrs)
     batched = isinstance(task, (list, tuple))
     for t in {id(t): t for t in (task if batched else [task])}.values():

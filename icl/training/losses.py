@@ -21,7 +21,8 @@ import numpy as np
 
 from icl.protocol import check_output, has_prefix, predictor_name, returns_variance
 from icl.tasks import Prompts
-from icl.training.config import NLL_LOSSES, PREFIX_LOSSES, TrainConfig, check_int
+from icl.tasks.base import check_int
+from icl.training.config import NLL_LOSSES, PREFIX_LOSSES, TrainConfig
 
 __all__ = ["mse_loss", "gaussian_nll", "training_loss", "objective", "check_task", "with_query_as_last_pair"]
 
@@ -109,7 +110,7 @@ def training_loss(model, prompts: Prompts, config: TrainConfig, loss_fn: Callabl
     Returns:
       The scalar loss (jit-able; the output shape is checked, a ValueError names the model).
     """
-    step = config.steps if step is None else check_int("step", step)
+    step = config.steps if step is None else check_int("step", step, 0)
     return objective(config, loss_fn, model, prompts, step)
 
 
