@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from icl.predictors.base import prefix_counts, shifted_cumsum
 from icl.tasks.base import Prompts, check_positive_int, check_prompt_shapes
 
 __all__ = [
@@ -319,27 +320,14 @@ def _one_layer_prefix(w_pv: jax.Array, w_kq: jax.Array, context: jax.Array) -> j
     n = context.shape[-2]
     keys = prefix_queries(context) @ w_kq.T  # W^KQ q_k, [batch, n, D]
     weighted = context * (context @ w_pv[-1])[..., None]  # (p . z_i) z_i
-    return jnp.sum(_exclusive_cumsum(weighted, axis=-2) * keys, axis=-1) / _prefix_counts(n, context.dtype)
-
-
-def _exclusive_cumsum(a: jax.Array, axis: int) -> jax.Array:
-    """Entry ``k - 1`` sums the entries before it along ``axis`` (0 at ``k = 1``)."""
-    inclusive = jnp.cumsum(a, axis=axis)
-    zero = jnp.zeros_like(jax.lax.slice_in_dim(inclusive, 0, 1, axis=axis))
-    rest = jax.lax.slice_in_dim(inclusive, 0, inclusive.shape[axis] - 1, axis=axis)
-    return jnp.concatenate([zero, rest], axis=axis)
-
-
-def _prefix_counts(n: int, dtype) -> jax.Array:
-    """``k - 1`` for ``k = 1..n``, read as 1 at ``k = 1`` (where the sums are 0)."""
-    return jnp.maximum(jnp.arange(n, dtype=dtype), 1.0)
+    return jnp.sum(shifted_cumsum(weighted, axis=-2) * keys, axis=-1) / prefix_counts(n, context.dtype)
 
 
 @jax.jit
 def prefix_grams(context: jax.Array) -> jax.Array:
     """``G_{k-1} = (1/(k-1)) sum_{i<k} z_i z_i^T`` for ``k = 1..n`` (``G_0 = 0``): ``[batch, n, D, D]``."""
     outer = context[..., :, :, None] * context[..., :, None, :]
-    return _exclusive_cumsum(outer, axis=-3) / _prefix_counts(context.shape[-2], context.dtype)[:, None, None]
+    return shifted_cumsum(outer, axis=-3) / prefix_counts(context.shape[-2], context.dtype)[:, None, None]
 
 
 def prefix_queries(context: jax.Array) -> jax.Array:
