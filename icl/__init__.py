@@ -45,7 +45,8 @@ from icl.evaluate import (
     reference_metrics, compare_with_reference, evaluate_across_tasks, snapshot_metrics, interpolation_losses,
     interpolate)
 from icl.checkpoint import (
-    CheckpointDir, save_checkpoint, load_checkpoint, latest_checkpoint)
+    CheckpointCorruptError, ResumeMismatchError, verify_checkpoint, CheckpointDir, save_checkpoint, load_checkpoint,
+    latest_checkpoint)
 from icl.io import (
     Claim, relative_claim, upper_bound_claim, lower_bound_claim, ratio_se, to_jsonable, nonfinite_paths, provenance,
     config_hash, atomic_write, write_run, remove_stale_temporaries)
@@ -63,54 +64,35 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree th
     __version__ = "0+unknown"
 
 __all__ = [
-    # icl.pytree
-    "pytree_dataclass", "static_field",
-    # icl.protocol
-    "Model", "returns_variance", "has_prefix", "predictor_name", "check_output",
-    # icl.tasks
+    "pytree_dataclass", "static_field", "Model", "returns_variance", "has_prefix", "predictor_name", "check_output",
     "LINKS", "FiniteTaskPool", "GaussianLaw", "IIDLaw", "IllConditionedWarning", "LinearRegressionTask", "Prompts",
     "ReluNetworkTask", "SingleIndexTask", "SparseLinearTask", "TargetLaw", "Task", "UniformLinearTask",
     "check_non_negative", "check_positive", "check_positive_int", "check_prompts", "check_spd", "each_query",
-    "random_rotation", "uniform_moments", "weight_prior",
-    # icl.theory
-    "PopulationFlow", "TargetMoments", "conserved_quantity", "differentiable_risk", "estimate_moments", "expected_hh",
-    "flow_time_scales", "gd_plus_plus_polynomial", "gd_plus_plus_risk", "gd_polynomial", "gradient_flow_limit",
-    "law_of", "linear_part_norm2", "multistep_gd_risk", "one_step_risk", "optimal_gamma", "optimal_gd_plus_plus",
-    "optimal_multistep_step_sizes", "optimal_risk", "optimal_step_size", "polynomial_risk", "population_loss", "risk",
-    "train_population", "wishart_trace_moments", "zfb_initialization",
-    # icl.predictors
-    "Predictor", "gradient_descent", "gd_plus_plus", "ridge", "least_squares", "bayes_posterior_mean",
-    "bayes_predictive", "averaging", "knn", "lasso", "nadaraya_watson", "linear_predictor", "GradientDescent",
-    "GDPlusPlus", "Ridge", "LeastSquares", "BayesPosteriorMean", "BayesPredictive", "Averaging", "KNearestNeighbours",
-    "Lasso", "NadarayaWatson", "LinearPredictor", "gd_weights", "gd_plus_plus_weights", "ridge_weights",
-    "least_squares_weights", "lasso_weights", "posterior", "predictive_variance", "recursive_least_squares_weights",
-    "DiscreteMMSE", "DiscreteMMSEPredictive", "dmmse",
-    # icl.models
-    "lsa_from_parameters", "LinearSelfAttention", "LinearTransformer", "prompt_tokens", "gd_lsa_weights",
-    "align_gauge", "lsa_blocks", "implied_preconditioner", "residual_terms", "relative_error", "dist_to_identity",
-    "SparseLSALayer", "SparseLinearTransformer", "layer_preconditioners", "whiten_preconditioner", "Transformer",
-    "plot_attention_maps", "set_gd_construction",
-    # icl.training
-    "run_engine", "run_keys", "gaussian_nll", "TrainConfig", "Curriculum", "TrainResult", "Snapshots",
-    "TrainingDivergedError", "train", "train_with_snapshots", "convergence_report", "training_loss", "make_optimizer",
-    "mse_loss", "LOSSES",
-    # icl.sweeps
-    "sweep", "SweepResult", "grid_points", "run_sharding", "check_grid_keys",
-    # icl.evaluate
+    "random_rotation", "uniform_moments", "weight_prior", "PopulationFlow", "TargetMoments", "conserved_quantity",
+    "differentiable_risk", "estimate_moments", "expected_hh", "flow_time_scales", "gd_plus_plus_polynomial",
+    "gd_plus_plus_risk", "gd_polynomial", "gradient_flow_limit", "law_of", "linear_part_norm2", "multistep_gd_risk",
+    "one_step_risk", "optimal_gamma", "optimal_gd_plus_plus", "optimal_multistep_step_sizes", "optimal_risk",
+    "optimal_step_size", "polynomial_risk", "population_loss", "risk", "train_population", "wishart_trace_moments",
+    "zfb_initialization", "Predictor", "gradient_descent", "gd_plus_plus", "ridge", "least_squares",
+    "bayes_posterior_mean", "bayes_predictive", "averaging", "knn", "lasso", "nadaraya_watson", "linear_predictor",
+    "GradientDescent", "GDPlusPlus", "Ridge", "LeastSquares", "BayesPosteriorMean", "BayesPredictive", "Averaging",
+    "KNearestNeighbours", "Lasso", "NadarayaWatson", "LinearPredictor", "gd_weights", "gd_plus_plus_weights",
+    "ridge_weights", "least_squares_weights", "lasso_weights", "posterior", "predictive_variance",
+    "recursive_least_squares_weights", "DiscreteMMSE", "DiscreteMMSEPredictive", "dmmse", "lsa_from_parameters",
+    "LinearSelfAttention", "LinearTransformer", "prompt_tokens", "gd_lsa_weights", "align_gauge", "lsa_blocks",
+    "implied_preconditioner", "residual_terms", "relative_error", "dist_to_identity", "SparseLSALayer",
+    "SparseLinearTransformer", "layer_preconditioners", "whiten_preconditioner", "Transformer", "plot_attention_maps",
+    "set_gd_construction", "run_engine", "run_keys", "gaussian_nll", "TrainConfig", "Curriculum", "TrainResult",
+    "Snapshots", "TrainingDivergedError", "train", "train_with_snapshots", "convergence_report", "training_loss",
+    "make_optimizer", "mse_loss", "LOSSES", "sweep", "SweepResult", "grid_points", "run_sharding", "check_grid_keys",
     "MonteCarlo", "monte_carlo", "mean_se", "predict", "predict_prefix", "Comparison", "compare_predictors",
     "ErrorCurve", "error_curve", "error_curves", "prediction_gap", "sensitivities", "query_marginal_loss",
     "sensitivity_cosine", "reference_metrics", "compare_with_reference", "evaluate_across_tasks", "snapshot_metrics",
-    "interpolation_losses", "interpolate",
-    # icl.checkpoint
-    "CheckpointDir", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
-    # icl.io
-    "Claim", "relative_claim", "upper_bound_claim", "lower_bound_claim", "ratio_se", "to_jsonable", "nonfinite_paths",
-    "provenance", "config_hash", "atomic_write", "write_run", "remove_stale_temporaries",
-    # icl.fingerprint
-    "plot_fingerprint", "FAMILIES", "Fingerprint", "fingerprint", "implicit_weights",
-    # icl.probes
-    "PROBE_TARGETS", "ProbeResult", "probe", "hidden_states",
-    # icl.uncertainty
+    "interpolation_losses", "interpolate", "CheckpointCorruptError", "ResumeMismatchError", "verify_checkpoint",
+    "CheckpointDir", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "Claim", "relative_claim",
+    "upper_bound_claim", "lower_bound_claim", "ratio_se", "to_jsonable", "nonfinite_paths", "provenance",
+    "config_hash", "atomic_write", "write_run", "remove_stale_temporaries", "plot_fingerprint", "FAMILIES",
+    "Fingerprint", "fingerprint", "implicit_weights", "PROBE_TARGETS", "ProbeResult", "probe", "hidden_states",
     "Calibration", "CalibrationComparison", "calibration", "compare_calibration", "predictive_stats", "shifted_task",
     "shift_evaluation",
 ]

@@ -1,13 +1,20 @@
 """Checkpoints of training runs, written with orbax-checkpoint.
 
 A checkpoint is one folder (written by ``orbax.checkpoint`` atomically: a temporary folder renamed
-into place) with two items:
+into place) with three items:
 
 - ``arrays``: every seed's parameters and optimiser state (their leaves, in ``jax.tree`` order), the
   loss history ``[num_seeds, step]`` and the final losses;
 - ``meta`` (JSON): the format version, the step, the :class:`~icl.training.TrainConfig`, the model's
   :func:`icl.protocol.model_spec` (class and ``spec()`` keyword arguments), a description of the task
-  (written by :class:`CheckpointDir`) and the parameters' leaf paths.
+  (written by :class:`CheckpointDir`) and the parameters' leaf paths;
+- ``checksums`` (JSON): the sha256 of every stored array (its dtype, shape and bytes) and of the metadata
+  (as a whole and field by field).
+
+Reading a checkpoint verifies it: an array or a metadata field that differs from its checksum (a flipped
+byte, an edited step or learning rate, a truncated file), or a checkpoint orbax cannot read, raises
+:class:`CheckpointCorruptError` (a ``ValueError``) naming the checkpoint and what failed; nothing corrupt is
+ever loaded. Checkpoints of format version 2 (written before checksums) load with a warning, unverified.
 
 ``load_checkpoint(path)`` rebuilds the model from its spec, so ``model_fn`` is needed only for a model
 without ``spec()``; the parameters are restored bit for bit, so ``load_checkpoint(path).model(i)``
@@ -15,7 +22,8 @@ predicts exactly as the saved ``result.model(i)``.
 
 ``train(..., checkpoint=CheckpointDir(folder))`` writes ``folder/step_XXXXXXXX`` every
 ``config.checkpoint_every`` steps and at the end (keeping the newest two); with ``resume=True`` it
-continues from the newest, and the data are a pure function of seed and step, so the resumed run equals
+continues from the newest intact one (a corrupt newer one is skipped with a warning and renamed
+``step_XXXXXXXX.corrupt``), and the data are a pure function of seed and step, so the resumed run equals
 the uninterrupted one bit for bit (same machine, same precision).
 """
 
@@ -27,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -38,11 +47,29 @@ from flax import nnx
 from icl.protocol import build_model
 from icl.training import Curriculum, TrainConfig, TrainResult, make_optimizer
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "CheckpointDir"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "verify_checkpoint", "CheckpointDir",
+           "CheckpointCorruptError", "ResumeMismatchError"]
 
 _FORMAT = "icl-train-checkpoint"
-_VERSION = 2
+_VERSION = 3
+_UNVERIFIED_VERSION = 2  # written before checksums: read with a warning
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+_CORRUPT_SUFFIX = ".corrupt"
+
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint that cannot be trusted: an array or a metadata field differs from the checksum written
+    with it, its checksums are missing, or orbax cannot read it. The message names the checkpoint and what
+    failed; ``path`` is the checkpoint folder and ``reason`` what failed."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, message: str | None = None):
+        self.path, self.reason = Path(path), reason
+        super().__init__(message or f"checkpoint {str(path)!r} is corrupt: {reason}")
+
+
+class ResumeMismatchError(ValueError):
+    """A resume asked for something other than what was checkpointed (config, model or task); the message
+    names the differing fields with their saved and given values."""
 
 
 def save_checkpoint(path: str | os.PathLike, result: TrainResult, *, overwrite: bool = False) -> Path:
@@ -73,6 +100,9 @@ def load_checkpoint(path: str | os.PathLike, model_fn: Callable[[nnx.Rngs], nnx.
       A :class:`~icl.training.TrainResult` (``opt_state`` and ``step`` included; ``step < config.steps``
       for a checkpoint taken during training).
     Raises:
+      CheckpointCorruptError: (a ValueError) an array or metadata field that does not match its checksum,
+        missing checksums, or a checkpoint orbax cannot read; the message names the checkpoint and what
+        failed. For a folder of checkpoints only the newest is read: load an older one by its own path.
       ValueError: not a checkpoint, a model that does not match it, a float64 checkpoint loaded without
         float64 enabled, or a missing ``model_fn`` for a model without ``spec()``.
     """
@@ -86,12 +116,29 @@ def load_checkpoint(path: str | os.PathLike, model_fn: Callable[[nnx.Rngs], nnx.
 
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
-    """The newest complete ``step_XXXXXXXX`` checkpoint in a :class:`CheckpointDir` folder (or None)."""
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return None
-    steps = sorted(int(m[1]) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)) and _complete(p))
-    return folder / f"step_{steps[-1]:08d}" if steps else None
+    """The newest complete ``step_XXXXXXXX`` checkpoint in a :class:`CheckpointDir` folder (or None).
+
+    Complete means every item is present; its contents are verified when it is read (:func:`load_checkpoint`,
+    resuming, :func:`verify_checkpoint`)."""
+    steps = _step_folders(Path(checkpoint_dir))
+    return steps[0] if steps else None
+
+
+def verify_checkpoint(path: str | os.PathLike) -> Path:
+    """Check a checkpoint's arrays and metadata against its checksums, without building its model.
+
+    Args:
+      path: a checkpoint folder, or a folder of ``step_XXXXXXXX`` checkpoints (its newest one).
+    Returns:
+      The verified checkpoint folder.
+    Raises:
+      CheckpointCorruptError: (a ValueError) naming the checkpoint and the arrays or metadata fields that do
+        not match their checksums, or saying that orbax cannot read it.
+      ValueError: ``path`` is not a checkpoint.
+    """
+    folder = _resolve(Path(path))
+    _read(folder)
+    return folder
 
 
 class CheckpointDir:
@@ -99,8 +146,11 @@ class CheckpointDir:
 
     Writes ``folder/step_XXXXXXXX`` every ``config.checkpoint_every`` steps and at the end, keeping the
     newest ``keep``. The folder must hold no checkpoint unless ``resume``; with ``resume=True`` training
-    continues from the newest one (from scratch if there is none), refused with a ValueError naming the
-    field when the config (``progress_every`` aside), the model's spec or the task differs from it.
+    continues from the newest intact one (from scratch if there is none), refused with a ValueError naming
+    the field when the config (``progress_every`` aside), the model's spec or the task differs from it.
+    A corrupt checkpoint (:class:`CheckpointCorruptError`) newer than the one resumed from is skipped with a
+    warning naming it and why, and renamed ``step_XXXXXXXX.corrupt``; when none is intact, resuming is
+    refused with a :class:`CheckpointCorruptError` listing them (and nothing is renamed).
     """
 
     def __init__(self, folder: str | os.PathLike, resume: bool = False, keep: int = 2):
@@ -109,13 +159,13 @@ class CheckpointDir:
     def open(self, start: TrainResult, task) -> TrainResult:
         """The runs to train: ``start`` itself, or the newest checkpoint's state when resuming."""
         self.task = _describe(task)
-        folder = latest_checkpoint(self.folder)
-        if folder is None:
+        candidates = _step_folders(self.folder)
+        if not candidates:
             return start
         if not self.resume:
             raise ValueError(f"checkpoint folder {str(self.folder)!r} already holds checkpoints; pass resume=True "
                              f"to continue from them or use an empty folder")
-        meta, arrays = _read(folder)
+        folder, meta, arrays = self._newest_intact(candidates)
         _check_same(folder, "config", {**meta["config"], "progress_every": None},
                     {**_config_to_json(start.config), "progress_every": None})
         _check_same(folder, "model", meta.get("model"), start.model_spec)
@@ -125,6 +175,30 @@ class CheckpointDir:
             raise ValueError(f"cannot resume from {str(folder)!r}: it holds no optimiser state")
         return _restore(meta, arrays, start.graphdef, jax.tree.map(lambda a: a[0], start.params), start.config,
                         start.model_spec)
+
+    def _newest_intact(self, candidates: list[Path]) -> tuple[Path, dict, dict]:
+        """The newest checkpoint that verifies; corrupt newer ones are renamed aside, with a warning."""
+        skipped: list[CheckpointCorruptError] = []
+        for folder in candidates:
+            try:
+                meta, arrays = _read(folder)
+            except CheckpointCorruptError as err:
+                skipped.append(err)
+                continue
+            for err in skipped:  # out of the way of latest_checkpoint and of pruning; kept for inspection
+                aside = _free_name(err.path.with_name(err.path.name + _CORRUPT_SUFFIX))
+                try:
+                    os.rename(err.path, aside)
+                    moved = f"renamed {str(aside)!r}"
+                except OSError as why:
+                    moved = f"could not be renamed ({why})"
+                warnings.warn(f"resuming from {str(folder)!r} (step {int(meta['step'])}): skipping checkpoint "
+                              f"{str(err.path)!r}, which is corrupt ({err.reason}); {moved}", stacklevel=4)
+            return folder, meta, arrays
+        raise CheckpointCorruptError(
+            self.folder, "no intact checkpoint",
+            f"cannot resume from {str(self.folder)!r}: none of its {len(skipped)} checkpoints is intact ("
+            + "; ".join(f"{e.path.name}: {e.reason}" for e in skipped) + "); remove them to start afresh")
 
     def save(self, result: TrainResult) -> Path:
         """Write ``folder/step_XXXXXXXX`` for ``result.step`` and delete all but the newest ``keep``."""
@@ -140,6 +214,22 @@ class CheckpointDir:
 
 def _complete(folder: Path) -> bool:
     return (folder / "meta").is_dir() and (folder / "arrays").is_dir()
+
+
+def _step_folders(folder: Path) -> list[Path]:
+    """The complete ``step_XXXXXXXX`` checkpoints in ``folder``, newest first."""
+    if not folder.is_dir():
+        return []
+    steps = sorted((int(m[1]) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)) and _complete(p)),
+                   reverse=True)
+    return [folder / f"step_{s:08d}" for s in steps]
+
+
+def _free_name(path: Path) -> Path:
+    out, i = path, 1
+    while os.path.lexists(out):
+        out, i = path.with_name(f"{path.name}.{i}"), i + 1
+    return out
 
 
 def _resolve(path: Path) -> Path:
@@ -186,7 +276,7 @@ def _check_same(folder: Path, what: str, saved, given):
     saved, given = _flat(saved), _flat(json.loads(json.dumps(given)))
     differ = [k for k in sorted(set(saved) | set(given)) if saved.get(k) != given.get(k)]
     if differ:
-        raise ValueError(f"cannot resume from {str(folder)!r}: its {what} differs in {[k or what for k in differ]} "
+        raise ResumeMismatchError(f"cannot resume from {str(folder)!r}: its {what} differs in {[k or what for k in differ]} "
                          f"(saved {[saved.get(k) for k in differ]}, given {[given.get(k) for k in differ]})")
 
 
@@ -225,21 +315,96 @@ def _write(path: Path, result: TrainResult, task) -> Path:
         "params_paths": [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(result.params)],
         "key_leaves": keys,
     }
-    _checkpointer().save(path, ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
+    meta = json.loads(json.dumps(meta))  # exactly as it is read back
+    checksums = {"algorithm": "sha256", "meta": _digest_json(meta),
+                 "meta_fields": {k: _digest_json(v) for k, v in _flat(meta).items()},
+                 "arrays": {k: _digest_array(v) for k, v in _flat_arrays(arrays).items()}}
+    _checkpointer().save(path, ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta),
+                                                  checksums=ocp.args.JsonSave(checksums)))
     return path
 
 
+def _digest_json(value) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _digest_array(value) -> str:
+    a = np.ascontiguousarray(np.asarray(value))
+    h = hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _flat_arrays(tree, path: str = "") -> dict:
+    """``{"params/00003": array, "losses": array, ...}`` from the nested dict of stored arrays."""
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _flat_arrays(value, f"{path}/{key}" if path
+                                                                            else str(key)).items()}
+    return {path: tree}
+
+
+def _verify(folder: Path, checksums, meta, arrays):
+    """Raise :class:`CheckpointCorruptError` unless ``meta`` and ``arrays`` match ``checksums``."""
+    if not (isinstance(checksums, dict) and checksums.get("algorithm") == "sha256"
+            and isinstance(checksums.get("meta"), str) and isinstance(checksums.get("meta_fields"), dict)
+            and isinstance(checksums.get("arrays"), dict)):
+        raise CheckpointCorruptError(folder, "its checksums record (the 'checksums' item) is malformed")
+    failed = []
+    if not isinstance(meta, dict) or _digest_json(meta) != checksums["meta"]:
+        saved, read = checksums["meta_fields"], _flat(meta) if isinstance(meta, dict) else {}
+        fields = sorted(k for k in set(saved) | set(read) if k not in read or saved.get(k) != _digest_json(read[k]))
+        failed.append(f"metadata (meta) fields {fields} do not match their checksums" if fields
+                      else "its metadata (meta) does not match its checksum")
+    stored, saved = _flat_arrays(arrays), checksums["arrays"]
+    paths = meta.get("params_paths", []) if isinstance(meta, dict) and not failed else []
+
+    def name(key: str) -> str:
+        what, _, index = key.partition("/")
+        if what == "params" and index.isdigit() and int(index) < len(paths):
+            return f"{key} (parameter {paths[int(index)]})"
+        return key
+
+    bad = sorted(k for k in set(saved) & set(stored) if _digest_array(stored[k]) != saved[k])
+    if bad:
+        failed.append(f"arrays {[name(k) for k in bad]} do not match their checksums")
+    if set(saved) - set(stored):
+        failed.append(f"arrays {sorted(set(saved) - set(stored))} are missing")
+    if set(stored) - set(saved):
+        failed.append(f"arrays {sorted(set(stored) - set(saved))} have no checksum")
+    if failed:
+        raise CheckpointCorruptError(folder, "; ".join(failed))
+
+
 def _read(folder: Path) -> tuple[dict, dict]:
+    """The verified ``(meta, arrays)`` of a checkpoint folder (:class:`CheckpointCorruptError` when corrupt)."""
     import orbax.checkpoint as ocp
 
-    out = _checkpointer().restore(folder, ocp.args.Composite(arrays=ocp.args.StandardRestore(),
-                                                             meta=ocp.args.JsonRestore()))
+    has_checksums = (folder / "checksums").is_dir()
+    items = {"arrays": ocp.args.StandardRestore(), "meta": ocp.args.JsonRestore()}
+    if has_checksums:
+        items["checksums"] = ocp.args.JsonRestore()
+    try:
+        out = _checkpointer().restore(folder, ocp.args.Composite(**items))
+    except PermissionError:
+        raise
+    except Exception as err:  # a damaged file makes orbax, tensorstore or json raise almost anything
+        detail = (str(err).strip().splitlines() or [""])[0][:300]
+        raise CheckpointCorruptError(folder, f"orbax cannot read it ({type(err).__name__}: {detail})") from err
     meta, arrays = out["meta"], out["arrays"]
+    if has_checksums:
+        _verify(folder, out["checksums"], meta, arrays)
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise ValueError(f"{str(folder)!r} is not an icl training checkpoint")
-    if meta.get("version", 0) != _VERSION:
-        raise ValueError(f"{str(folder)!r} has checkpoint format version {meta.get('version')}; this icl reads "
-                         f"version {_VERSION}")
+    version = meta.get("version", 0)
+    if version == _UNVERIFIED_VERSION and not has_checksums:
+        warnings.warn(f"checkpoint {str(folder)!r} has format version {version}, written without checksums: it "
+                      f"is read unverified (save it again to add them)", stacklevel=3)
+    elif version != _VERSION:
+        raise ValueError(f"{str(folder)!r} has checkpoint format version {version}; this icl reads version "
+                         f"{_VERSION} (and {_UNVERIFIED_VERSION}, unverified)")
+    elif not has_checksums:
+        raise CheckpointCorruptError(folder, "its checksums (the 'checksums' item) are missing")
     return meta, arrays
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "MonteCarlo",
     "monte_carlo",
     "mean_se",
+    "check_pairs",
     "predict",
     "predict_prefix",
     "Comparison",
@@ -233,6 +234,15 @@ def monte_carlo(
 # Per-prompt metrics
 
 
+def check_pairs(pairs, predictors) -> list[tuple[str, str]]:
+    """``pairs`` as a list of name tuples; a ValueError names any name that is not among ``predictors``."""
+    pairs = [tuple(p) for p in pairs]
+    for name in (name for pair in pairs for name in pair):
+        if name not in predictors:
+            raise ValueError(f"pairs names {name!r}, which is not among the predictors {list(predictors)}")
+    return pairs
+
+
 def prediction_gap(predictor_a, predictor_b, prompts: Prompts) -> jax.Array:
     """Per-prompt ``|y_hat_a - y_hat_b|``, ``[batch]`` (von Oswald et al. 2023's prediction difference)."""
     return jnp.abs(predict("a", predictor_a, prompts) - predict("b", predictor_b, prompts))
@@ -386,12 +396,7 @@ def compare_predictors(
     A predictor that returns NaN or inf on some prompts gets loss ``(nan, nan)`` and a count in
     ``Comparison.nonfinite``, with a warning naming it.
     """
-    names = list(predictors)
-    pairs = [tuple(p) for p in pairs]
-    for a, b in pairs:
-        for name in (a, b):
-            if name not in predictors:
-                raise ValueError(f"pairs names {name!r}, which is not among the predictors {names}")
+    names, pairs = list(predictors), check_pairs(pairs, predictors)
     cosine_pairs = pairs if cosine_pairs is None else [tuple(p) for p in cosine_pairs]
     for pair in cosine_pairs:
         if pair not in pairs:
@@ -536,12 +541,7 @@ def evaluate_across_tasks(predictors: Mapping[str, Callable], tasks: Sequence, k
     Returns:
       ``{"loss": {name: (means [T], ses [T])}, "loss_diff": {(a, b): (means [T], ses [T])}}`` (numpy).
     """
-    names = list(predictors)
-    for a, b in pairs:
-        for name in (a, b):
-            if name not in predictors:
-                raise ValueError(f"pairs names {name!r}, which is not among the predictors {names}")
-    pairs = tuple(tuple(p) for p in pairs)
+    names, pairs = list(predictors), tuple(check_pairs(pairs, predictors))
     stat = _LossStats(tuple(names), pairs)
     runs = [monte_carlo(stat, dict(predictors), task, key, n, num_prompts, chunk_size) for task in tasks]
 

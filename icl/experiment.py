@@ -33,7 +33,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from icl.checkpoint import CheckpointDir
+from icl.checkpoint import CheckpointCorruptError, CheckpointDir, ResumeMismatchError
 from icl.io import (
     Claim,
     config_hash,
@@ -303,6 +303,9 @@ def run_experiment(spec: Experiment, argv: Sequence[str] | None = None) -> dict:
     cache = enable_compilation_cache(args.compilation_cache)
     try:
         outcome = spec.run(args)
+    except (ResumeMismatchError, CheckpointCorruptError) as err:  # a flag-level error, as argparse reports one
+        print(f"{Path(sys.argv[0]).name}: error: --resume: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     except TrainingDivergedError as err:
         outcome = Outcome([Claim("training finished without diverging", None, float("nan"), 0.0, False, str(err))],
                           [{"error": str(err)}])

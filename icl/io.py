@@ -3,6 +3,9 @@
 An experiment's result is ONE folder holding ``summary.json`` and its figures. :func:`write_run` builds the
 folder under a temporary name next to its destination and renames it into place, so a results folder never
 holds a figure without its summary (nor a summary beside figures of another run), whatever kills the process.
+Writers of the same folder may run at once (processes or threads): an existing folder is renamed aside before
+the new one is renamed in, retried when another writer got in between, so no writer fails and the folder
+ends holding one writer's complete output.
 Temporary files and folders left by killed runs are removed by the next write into the same parent.
 Files are written with mode 0644 and folders 0755, whatever the umask.
 
@@ -16,12 +19,15 @@ NaN and inf are written as JSON ``null`` and a claim whose measured value is not
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -30,6 +36,7 @@ import numpy as np
 
 __all__ = [
     "Claim",
+    "seed_spread",
     "relative_claim",
     "upper_bound_claim",
     "lower_bound_claim",
@@ -79,7 +86,8 @@ class Claim:
             object.__setattr__(self, "passed", bool(self.passed))
 
 
-def _spread(per_seed) -> dict | None:
+def seed_spread(per_seed) -> dict | None:
+    """``{mean, std (ddof 1; 0 for one seed), per_seed}`` of per-seed values (None stays None)."""
     if per_seed is None:
         return None
     v = np.asarray(per_seed, np.float64).ravel()
@@ -92,7 +100,7 @@ def relative_claim(name: str, theory: float, measured: float, tolerance: float, 
     theory, measured = float(theory), float(measured)
     passed = bool(np.isfinite(measured) and np.isfinite(theory) and abs(measured - theory) <= tolerance * abs(theory))
     return Claim(name, theory, measured, float(tolerance), passed, detail or f"relative tolerance {tolerance:g}",
-                 _spread(per_seed), None if se is None else float(se))
+                 seed_spread(per_seed), None if se is None else float(se))
 
 
 def upper_bound_claim(name: str, measured: float, bound: float, theory: float | None = 0.0, detail: str = "", *,
@@ -100,7 +108,7 @@ def upper_bound_claim(name: str, measured: float, bound: float, theory: float | 
     """Passes when ``measured <= bound`` (e.g. a distance that theory says is 0)."""
     measured = float(measured)
     passed = bool(np.isfinite(measured) and measured <= bound)
-    return Claim(name, theory, measured, float(bound), passed, detail or f"must be <= {bound:g}", _spread(per_seed),
+    return Claim(name, theory, measured, float(bound), passed, detail or f"must be <= {bound:g}", seed_spread(per_seed),
                  None if se is None else float(se))
 
 
@@ -115,7 +123,7 @@ def lower_bound_claim(name: str, measured: float, bound: float, theory: float | 
     """Passes when ``measured >= bound``."""
     measured = float(measured)
     passed = bool(np.isfinite(measured) and measured >= bound)
-    return Claim(name, theory, measured, float(bound), passed, detail or f"must be >= {bound:g}", _spread(per_seed),
+    return Claim(name, theory, measured, float(bound), passed, detail or f"must be >= {bound:g}", seed_spread(per_seed),
                  None if se is None else float(se))
 
 
@@ -294,6 +302,56 @@ def atomic_write(path, data: bytes | str) -> Path:
     return path
 
 
+_OCCUPIED = {errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR}
+_RENAME_TRIES = 1000
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _rename_into_place(tmp: Path, dest: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``dest``, replacing whatever is there.
+
+    A folder cannot be renamed onto a non-empty one, so what occupies ``dest`` is first renamed aside to a
+    temporary name of this writer, then ``tmp`` is renamed in. Another writer of the same ``dest`` can put its
+    own folder there in between; then the rename in fails, and this writer moves that folder aside too and
+    tries again. Every writer's rename in is atomic, so ``dest`` always ends holding one writer's complete
+    output; the folders moved aside are deleted afterwards. If the rename in fails for another reason, the
+    last folder moved aside is put back when ``dest`` is still free, and the error is raised.
+    """
+    aside: list[Path] = []
+    try:
+        for attempt in range(_RENAME_TRIES):
+            try:
+                os.rename(tmp, dest)
+                return
+            except OSError as err:
+                if err.errno not in _OCCUPIED:
+                    if aside and not os.path.lexists(dest):
+                        try:
+                            os.rename(aside.pop(), dest)
+                        except OSError:
+                            pass
+                    raise
+            old = _temp_name(dest)
+            try:
+                os.rename(dest, old)
+            except FileNotFoundError:  # another writer moved it aside first: try again
+                continue
+            aside.append(old)
+            if attempt >= 10:  # writers keep replacing each other's folders: let the others finish
+                time.sleep(0.001 * random.random() * min(attempt, 100))
+        raise OSError(errno.EBUSY, f"could not rename {str(tmp)!r} into place: {str(dest)!r} was replaced by "
+                                   f"other writers {_RENAME_TRIES} times in a row")
+    finally:
+        for old in aside:
+            _remove(old)
+
+
 def _render_figure(fig) -> bytes:
     import io as _io
 
@@ -312,7 +370,8 @@ def write_run(out_dir, summary: dict, figures: Mapping[str, object] | None = Non
     """Write a run folder atomically: ``summary.json`` plus figures, renamed into place together.
 
     Args:
-      out_dir: the destination folder (replaced as a whole if it exists).
+      out_dir: the destination folder (replaced as a whole if it exists; concurrent writers of it are safe:
+        it ends holding one writer's complete output).
       summary: the summary dict (made JSON-ready here; NaN/inf become ``null`` and are listed in
         ``nonfinite_values``; a claim with a non-finite measured value fails).
       figures: ``{file name: matplotlib Figure or bytes or a callable returning either}``. A figure that fails
@@ -345,7 +404,6 @@ def write_run(out_dir, summary: dict, figures: Mapping[str, object] | None = Non
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(parent)
     tmp = _temp_name(out_dir)
-    old = None
     try:
         tmp.mkdir()
         os.chmod(tmp, DIR_MODE)
@@ -353,17 +411,9 @@ def write_run(out_dir, summary: dict, figures: Mapping[str, object] | None = Non
             with open(tmp / name, "wb") as handle:
                 handle.write(blob)
             os.chmod(tmp / name, FILE_MODE)
-        if out_dir.exists():
-            old = _temp_name(out_dir)
-            os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
+        _rename_into_place(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists():
-            if not out_dir.exists():  # the second rename failed: put the old folder back
-                os.rename(old, out_dir)
-            else:
-                shutil.rmtree(old, ignore_errors=True)
     return json.loads(data)
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl.evaluate import monte_carlo
+from icl.evaluate import check_pairs, monte_carlo
 from icl.predictors import bayes_predictive
 from icl.protocol import has_prefix, predictor_name, returns_variance
 from icl.tasks.base import check_positive_int
@@ -263,11 +263,7 @@ def compare_calibration(
     chunk_size = check_positive_int("chunk_size", chunk_size)
     levels = _check_levels(levels)
     bins = check_positive_int("bins", bins)
-    pairs = [tuple(p) for p in pairs]
-    for pair in pairs:
-        for nm in pair:
-            if nm not in predictors:
-                raise ValueError(f"pairs names {nm!r}, which is not among the predictors {list(predictors)}")
+    pairs = check_pairs(pairs, predictors)
     probe = jax.eval_shape(lambda k: task.sample(k, 1, n), jax.random.PRNGKey(0))  # shapes only: no compile
     for nm, p in predictors.items():  # validate outside jit, so errors name the predictor plainly
         jax.eval_shape(lambda pr, p=p, nm=nm: predictive_stats(p, pr, prefix=prefix, levels=levels, bins=bins,

@@ -7,6 +7,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import jax
 import pytest
@@ -87,3 +89,76 @@ def test_the_precision_is_in_the_config_hash_and_in_the_provenance():
 def test_public_names_are_exported():
     for name in ("Claim", "relative_claim", "upper_bound_claim", "lower_bound_claim", "write_run", "provenance"):
         assert getattr(icl, name) is getattr(icl.io, name)
+
+
+def test_concurrent_writers_of_one_run_folder_never_fail_and_leave_one_complete_run(tmp_path):
+    out, writers, count = tmp_path / "exp-abc", 4, 150
+    errors, mismatches, stop = [], [], threading.Event()
+
+    def write(k):
+        for i in range(count):
+            try:  # every writer's figures name it, so a mix of two runs shows
+                write_run(out, {"claims": [], "runs": [], "writer": k, "i": i},
+                          {"fig.png": f"{k}-{i}".encode(), f"writer{k}.png": b"\x89PNG"})
+                atomic_write(tmp_path / "REPORT.md", f"# writer {k}, write {i}\n" * 50)
+            except Exception as err:
+                errors.append(f"writer {k}, write {i}: {type(err).__name__}: {err}")
+
+    def read_in(folder_fd: int, name: str) -> bytes:
+        with open(os.open(name, os.O_RDONLY, dir_fd=folder_fd), "rb") as handle:
+            return handle.read()
+
+    def read():  # both files from one folder (opened once), whatever is renamed meanwhile
+        while not stop.is_set():
+            try:
+                fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                continue
+            try:
+                summary, fig = json.loads(read_in(fd, "summary.json")), read_in(fd, "fig.png")
+            except FileNotFoundError:  # a replaced folder being deleted
+                continue
+            finally:
+                os.close(fd)
+            if fig != f"{summary['writer']}-{summary['i']}".encode():
+                mismatches.append((summary["writer"], summary["i"], fig))
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(writers)]
+    reader = threading.Thread(target=read)
+    reader.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    reader.join()
+    assert errors == [] and mismatches == []
+    summary = json.loads((out / "summary.json").read_text())
+    k = summary["writer"]
+    assert summary["i"] == count - 1 and summary["figures"] == ["fig.png", f"writer{k}.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["summary.json", "fig.png", f"writer{k}.png"])
+    assert (out / "fig.png").read_bytes() == f"{k}-{count - 1}".encode()
+    assert (tmp_path / "REPORT.md").read_text().startswith("# writer ") and len(
+        set((tmp_path / "REPORT.md").read_text().splitlines())) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["REPORT.md", "exp-abc"]  # no temporary is left
+
+
+def test_a_failed_rename_into_place_keeps_the_previous_run(tmp_path, monkeypatch):
+    out = tmp_path / "exp"
+    write_run(out, {"claims": [], "runs": [], "version": 1})
+    real_rename, tries = os.rename, []
+
+    def rename(src, dst):  # the first try meets the old run (moved aside); the second one fails
+        if str(src).startswith(str(tmp_path / ".exp.icl-tmp-")) and Path(dst) == out:
+            tries.append(src)
+            if len(tries) == 2:
+                raise PermissionError(13, "denied")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(icl.io.os, "rename", rename)
+    with pytest.raises(PermissionError):
+        write_run(out, {"claims": [], "runs": [], "version": 2})
+    monkeypatch.undo()
+    assert len(tries) == 3 and tries[0] == tries[1] != tries[2]  # the third: the old run put back
+    assert json.loads((out / "summary.json").read_text())["version"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]

@@ -89,3 +89,17 @@ def test_checkpointed_and_resumed_runs_equal_an_uninterrupted_one(REPO_ROOT, tmp
     module.main([*flags, "--checkpoint-every", "20", "--resume", "--out", str(tmp_path / "ckpt")])
     runs = [json.loads((tmp_path / name / "summary.json").read_text())["runs"] for name in ("plain", "ckpt")]
     assert strip_timing(runs[0]) == strip_timing(runs[1])
+
+
+def test_resume_onto_another_noise_level_is_a_flag_level_error_not_a_silent_mix(REPO_ROOT, tmp_path, capsys):
+    """A run checkpointed at sigma = 0 and resumed with --noise 2 into the same folder is refused (exit 2) with
+    a message naming the task field; it used to give the sigma = 2 rows the sigma = 0 models."""
+    module = load_script(REPO_ROOT / SCRIPT)
+    flags = ["--d", "2", "--n", "4", "--steps", "20", "--batch", "32", "--seeds", "1", "--eval-prompts", "2000",
+             "--compilation-cache", "off", "--checkpoint-every", "10", "--out", str(tmp_path / "run")]
+    module.main([*flags, "--noise", "0"])
+    with pytest.raises(SystemExit) as info:
+        module.main([*flags, "--noise", "2", "--resume"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "noise_std" in err
