@@ -5,25 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from icl.tasks.base import check_int
+from icl.tasks.base import check_int, check_non_negative, check_positive
 
 __all__ = ["TrainConfig", "Curriculum", "make_optimizer", "check_int", "LOSSES", "PREFIX_LOSSES", "NLL_LOSSES"]
 
 LOSSES = ("query", "every_prefix", "nll", "beta_nll", "every_prefix_nll", "every_prefix_beta_nll")
 PREFIX_LOSSES = ("every_prefix", "every_prefix_nll", "every_prefix_beta_nll")
 NLL_LOSSES = ("nll", "beta_nll", "every_prefix_nll", "every_prefix_beta_nll")
-
-
-def _check_real(name: str, value, minimum: float, strict: bool, optional: bool = False):
-    if optional and value is None:
-        return
-    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    if not real or not np.isfinite(value) or value < minimum or (strict and value == minimum):
-        bound = f"{'>' if strict else '>='} {minimum:g}"
-        raise ValueError(f"{name} must be {'None or ' if optional else ''}a finite number {bound}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -102,14 +92,15 @@ class TrainConfig:
         for name, minimum in (("steps", 1), ("batch", 1), ("n", 1), ("num_seeds", 1), ("seed", None),
                               ("progress_every", 0), ("checkpoint_every", 0)):
             check_int(name, getattr(self, name), minimum)
-        _check_real("lr", self.lr, 0.0, strict=True)
+        check_positive("lr", self.lr)
         for name, allowed in (("schedule", ("cosine", "constant")), ("optimizer", ("adam", "sgd")), ("loss", LOSSES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if check_int("warmup", self.warmup, 0) >= self.steps:
             raise ValueError(f"warmup must be an integer in [0, steps), got {self.warmup!r}")
-        _check_real("nll_beta", self.nll_beta, 0.0, strict=False)
-        _check_real("grad_clip", self.grad_clip, 0.0, strict=True, optional=True)
+        check_non_negative("nll_beta", self.nll_beta)
+        if self.grad_clip is not None:
+            check_positive("grad_clip", self.grad_clip)
         if self.curriculum is not None and not isinstance(self.curriculum, Curriculum):
             raise ValueError(f"curriculum must be None or an icl.Curriculum, got {self.curriculum!r}")
         start = None if self.curriculum is None else self.curriculum.points_start
