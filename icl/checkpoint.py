@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -53,8 +54,7 @@ __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "verify_ch
 _FORMAT = "icl-train-checkpoint"
 _VERSION = 3
 _UNVERIFIED_VERSION = 2  # written before checksums: read with a warning
-_STEP_DIR = re.compile(r"^step_(\d{8})$")
-_CORRUPT_SUFFIX = ".corrupt"
+_STEP_DIR = re.compile(r"^step_\d{8}$")
 
 
 class CheckpointCorruptError(ValueError):
@@ -111,8 +111,7 @@ def load_checkpoint(path: str | os.PathLike, model_fn: Callable[[nnx.Rngs], nnx.
         raise ValueError("this checkpoint's model did not record its spec (a model without spec()); pass "
                          "model_fn, the function that built it, to load_checkpoint")
     model = model_fn(nnx.Rngs(0)) if model_fn is not None else build_model(meta["model"], nnx.Rngs(0))
-    graphdef, template = nnx.split(model)
-    return _restore(meta, arrays, graphdef, template, _config_from_json(meta["config"]), meta.get("model"))
+    return _restore(meta, arrays, *nnx.split(model), _config_from_json(meta["config"]), meta.get("model"))
 
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
@@ -120,8 +119,7 @@ def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
 
     Complete means every item is present; its contents are verified when it is read (:func:`load_checkpoint`,
     resuming, :func:`verify_checkpoint`)."""
-    steps = _step_folders(Path(checkpoint_dir))
-    return steps[0] if steps else None
+    return next(iter(_step_folders(Path(checkpoint_dir))), None)
 
 
 def verify_checkpoint(path: str | os.PathLike) -> Path:
@@ -159,8 +157,7 @@ class CheckpointDir:
     def open(self, start: TrainResult, task) -> TrainResult:
         """The runs to train: ``start`` itself, or the newest checkpoint's state when resuming."""
         self.task = _describe(task)
-        candidates = _step_folders(self.folder)
-        if not candidates:
+        if not (candidates := _step_folders(self.folder)):
             return start
         if not self.resume:
             raise ValueError(f"checkpoint folder {str(self.folder)!r} already holds checkpoints; pass resume=True "
@@ -186,7 +183,7 @@ class CheckpointDir:
                 skipped.append(err)
                 continue
             for err in skipped:  # out of the way of latest_checkpoint and of pruning; kept for inspection
-                aside = _free_name(err.path.with_name(err.path.name + _CORRUPT_SUFFIX))
+                aside = _free_name(err.path.with_name(f"{err.path.name}.corrupt"))
                 try:
                     os.rename(err.path, aside)
                     moved = f"renamed {str(aside)!r}"
@@ -203,9 +200,8 @@ class CheckpointDir:
     def save(self, result: TrainResult) -> Path:
         """Write ``folder/step_XXXXXXXX`` for ``result.step`` and delete all but the newest ``keep``."""
         path = _write(self.folder / f"step_{result.step:08d}", result, self.task)
-        steps = sorted(int(m[1]) for p in self.folder.iterdir() if (m := _STEP_DIR.match(p.name)))
-        for old in steps[:-self.keep]:
-            shutil.rmtree(self.folder / f"step_{old:08d}", ignore_errors=True)
+        for old in _step_folders(self.folder, complete=False)[::-1][:-self.keep]:  # oldest first
+            shutil.rmtree(old, ignore_errors=True)
         return path
 
 
@@ -216,20 +212,16 @@ def _complete(folder: Path) -> bool:
     return (folder / "meta").is_dir() and (folder / "arrays").is_dir()
 
 
-def _step_folders(folder: Path) -> list[Path]:
-    """The complete ``step_XXXXXXXX`` checkpoints in ``folder``, newest first."""
-    if not folder.is_dir():
-        return []
-    steps = sorted((int(m[1]) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)) and _complete(p)),
-                   reverse=True)
-    return [folder / f"step_{s:08d}" for s in steps]
+def _step_folders(folder: Path, complete: bool = True) -> list[Path]:
+    """The ``step_XXXXXXXX`` checkpoints in ``folder`` (only the complete ones if ``complete``), newest first."""
+    steps = sorted((p for p in folder.iterdir() if _STEP_DIR.match(p.name)), reverse=True) if folder.is_dir() else []
+    return [p for p in steps if not complete or _complete(p)]
 
 
 def _free_name(path: Path) -> Path:
-    out, i = path, 1
-    while os.path.lexists(out):
-        out, i = path.with_name(f"{path.name}.{i}"), i + 1
-    return out
+    """``path``, or the first of ``path.1``, ``path.2``, ... that does not exist."""
+    candidates = itertools.chain([path], (path.with_name(f"{path.name}.{i}") for i in itertools.count(1)))
+    return next(p for p in candidates if not os.path.lexists(p))
 
 
 def _resolve(path: Path) -> Path:
@@ -239,12 +231,6 @@ def _resolve(path: Path) -> Path:
     if latest is None:
         raise ValueError(f"path {str(path)!r} is neither a checkpoint nor a folder of step_XXXXXXXX checkpoints")
     return latest.absolute()
-
-
-def _checkpointer():
-    import orbax.checkpoint as ocp
-
-    return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
 
 def _name(obj) -> str:
@@ -266,18 +252,22 @@ def _leaf(v):
     return a.tolist() if a.size <= 8 else f"{a.dtype}{list(a.shape)} sha256:{hashlib.sha256(a.tobytes()).hexdigest()}"
 
 
-def _flat(x, path: str = "") -> dict:
-    if isinstance(x, dict) and x:
-        return {k: v for key, value in x.items() for k, v in _flat(value, f"{path}.{key}" if path else key).items()}
-    return {path: x}
+def _flat(tree, sep: str = ".", path: str = "") -> dict:
+    """``{"config.lr": leaf}`` from nested dicts, their keys joined by ``sep``. An empty dict is a leaf with
+    ``sep="."`` (metadata fields) and holds nothing with ``sep="/"`` (stored arrays: ``{"params/00003": array}``)."""
+    if not isinstance(tree, dict) or not (tree or sep == "/"):
+        return {path: tree}
+    prefix = f"{path}{sep}" if path else ""
+    return {k: v for key, value in tree.items() for k, v in _flat(value, sep, f"{prefix}{key}").items()}
 
 
 def _check_same(folder: Path, what: str, saved, given):
     saved, given = _flat(saved), _flat(json.loads(json.dumps(given)))
     differ = [k for k in sorted(set(saved) | set(given)) if saved.get(k) != given.get(k)]
     if differ:
-        raise ResumeMismatchError(f"cannot resume from {str(folder)!r}: its {what} differs in {[k or what for k in differ]} "
-                         f"(saved {[saved.get(k) for k in differ]}, given {[given.get(k) for k in differ]})")
+        raise ResumeMismatchError(f"cannot resume from {str(folder)!r}: its {what} differs in "
+                                  f"{[k or what for k in differ]} (saved {[saved.get(k) for k in differ]}, given "
+                                  f"{[given.get(k) for k in differ]})")
 
 
 def _numpy_leaves(tree, what: str, keys: dict) -> dict:
@@ -303,45 +293,33 @@ def _write(path: Path, result: TrainResult, task) -> Path:
         arrays["opt_state"] = _numpy_leaves(result.opt_state, "opt_state", keys)
     if result.final_losses is not None:
         arrays["final_losses"] = np.asarray(result.final_losses)
-    meta = {
-        "format": _FORMAT,
-        "version": _VERSION,
-        "step": int(result.step),
-        "config": _config_to_json(result.config),
-        "model": result.model_spec,
-        "task": task,
-        "seconds": float(result.seconds),
-        "has_opt_state": result.opt_state is not None,
-        "params_paths": [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(result.params)],
-        "key_leaves": keys,
-    }
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(result.params)]
+    meta = {"format": _FORMAT, "version": _VERSION, "step": int(result.step), "config": _config_to_json(result.config),
+            "model": result.model_spec, "task": task, "seconds": float(result.seconds),
+            "has_opt_state": result.opt_state is not None, "params_paths": paths, "key_leaves": keys}
     meta = json.loads(json.dumps(meta))  # exactly as it is read back
-    checksums = {"algorithm": "sha256", "meta": _digest_json(meta),
-                 "meta_fields": {k: _digest_json(v) for k, v in _flat(meta).items()},
-                 "arrays": {k: _digest_array(v) for k, v in _flat_arrays(arrays).items()}}
-    _checkpointer().save(path, ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta),
-                                                  checksums=ocp.args.JsonSave(checksums)))
+    checksums = {"algorithm": "sha256", "meta": _digest(meta),
+                 "meta_fields": {k: _digest(v) for k, v in _flat(meta).items()},
+                 "arrays": {k: _digest(v) for k, v in _flat(arrays, "/").items()}}
+    items = ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta),
+                               checksums=ocp.args.JsonSave(checksums))
+    ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(path, items)
     return path
 
 
-def _digest_json(value) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+def _digest(value) -> str:
+    """The sha256 of a stored array (its dtype, shape and bytes) or of a JSON value (its canonical text)."""
+    if hasattr(value, "dtype"):
+        a = np.ascontiguousarray(value)
+        return hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode() + a.tobytes()).hexdigest()
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _digest_array(value) -> str:
-    a = np.ascontiguousarray(np.asarray(value))
-    h = hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _flat_arrays(tree, path: str = "") -> dict:
-    """``{"params/00003": array, "losses": array, ...}`` from the nested dict of stored arrays."""
-    if isinstance(tree, dict):
-        return {k: v for key, value in tree.items() for k, v in _flat_arrays(value, f"{path}/{key}" if path
-                                                                            else str(key)).items()}
-    return {path: tree}
+def _mismatches(saved: dict, values: dict) -> tuple[list, list, list]:
+    """The keys (sorted) whose value's digest differs from ``saved``, then those missing from ``values``, then
+    those with no digest in ``saved``."""
+    return (sorted(k for k in saved.keys() & values.keys() if _digest(values[k]) != saved[k]),
+            sorted(saved.keys() - values.keys()), sorted(values.keys() - saved.keys()))
 
 
 def _verify(folder: Path, checksums, meta, arrays):
@@ -351,27 +329,17 @@ def _verify(folder: Path, checksums, meta, arrays):
             and isinstance(checksums.get("arrays"), dict)):
         raise CheckpointCorruptError(folder, "its checksums record (the 'checksums' item) is malformed")
     failed = []
-    if not isinstance(meta, dict) or _digest_json(meta) != checksums["meta"]:
-        saved, read = checksums["meta_fields"], _flat(meta) if isinstance(meta, dict) else {}
-        fields = sorted(k for k in set(saved) | set(read) if k not in read or saved.get(k) != _digest_json(read[k]))
+    if not isinstance(meta, dict) or _digest(meta) != checksums["meta"]:
+        fields = sorted(sum(_mismatches(checksums["meta_fields"], _flat(meta) if isinstance(meta, dict) else {}), []))
         failed.append(f"metadata (meta) fields {fields} do not match their checksums" if fields
                       else "its metadata (meta) does not match its checksum")
-    stored, saved = _flat_arrays(arrays), checksums["arrays"]
-    paths = meta.get("params_paths", []) if isinstance(meta, dict) and not failed else []
-
-    def name(key: str) -> str:
-        what, _, index = key.partition("/")
-        if what == "params" and index.isdigit() and int(index) < len(paths):
-            return f"{key} (parameter {paths[int(index)]})"
-        return key
-
-    bad = sorted(k for k in set(saved) & set(stored) if _digest_array(stored[k]) != saved[k])
-    if bad:
-        failed.append(f"arrays {[name(k) for k in bad]} do not match their checksums")
-    if set(saved) - set(stored):
-        failed.append(f"arrays {sorted(set(saved) - set(stored))} are missing")
-    if set(stored) - set(saved):
-        failed.append(f"arrays {sorted(set(stored) - set(saved))} have no checksum")
+    differ, missing, unchecked = _mismatches(checksums["arrays"], _flat(arrays, "/"))
+    paths = [] if failed else meta.get("params_paths", [])  # trusted only when the metadata verified
+    names = {f"params/{i:05d}": f"params/{i:05d} (parameter {path})" for i, path in enumerate(paths)}
+    for keys, problem in (([names.get(k, k) for k in differ], "do not match their checksums"),
+                          (missing, "are missing"), (unchecked, "have no checksum")):
+        if keys:
+            failed.append(f"arrays {keys} {problem}")
     if failed:
         raise CheckpointCorruptError(folder, "; ".join(failed))
 
@@ -385,7 +353,7 @@ def _read(folder: Path) -> tuple[dict, dict]:
     if has_checksums:
         items["checksums"] = ocp.args.JsonRestore()
     try:
-        out = _checkpointer().restore(folder, ocp.args.Composite(**items))
+        out = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(folder, ocp.args.Composite(**items))
     except PermissionError:
         raise
     except Exception as err:  # a damaged file makes orbax, tensorstore or json raise almost anything

@@ -18,6 +18,7 @@ NaN and inf are written as JSON ``null`` and a claim whose measured value is not
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -34,21 +35,9 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-__all__ = [
-    "Claim",
-    "seed_spread",
-    "relative_claim",
-    "upper_bound_claim",
-    "lower_bound_claim",
-    "ratio_se",
-    "to_jsonable",
-    "nonfinite_paths",
-    "provenance",
-    "config_hash",
-    "atomic_write",
-    "write_run",
-    "remove_stale_temporaries",
-]
+__all__ = ["Claim", "seed_spread", "relative_claim", "upper_bound_claim", "lower_bound_claim", "ratio_se",
+           "to_jsonable", "nonfinite_paths", "provenance", "config_hash", "atomic_write", "write_run",
+           "remove_stale_temporaries"]
 
 _TMP_MARK = ".icl-tmp-"  # every temporary name carries this, then the writer's pid
 FILE_MODE = 0o644
@@ -80,10 +69,8 @@ class Claim:
     se: float | None = None
 
     def __post_init__(self):
-        if self.measured is None or not math.isfinite(float(self.measured)):
-            object.__setattr__(self, "passed", False)
-        else:
-            object.__setattr__(self, "passed", bool(self.passed))
+        finite = self.measured is not None and math.isfinite(float(self.measured))
+        object.__setattr__(self, "passed", finite and bool(self.passed))
 
 
 def seed_spread(per_seed) -> dict | None:
@@ -94,22 +81,26 @@ def seed_spread(per_seed) -> dict | None:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "per_seed": v.tolist()}
 
 
+def _claim(name, theory, measured, tolerance, passed, detail, per_seed, se) -> Claim:
+    """A :class:`Claim` with float numbers and the seeds' spread (it fails when ``measured`` is not finite)."""
+    return Claim(name, theory, float(measured), float(tolerance), passed, detail, seed_spread(per_seed),
+                 None if se is None else float(se))
+
+
 def relative_claim(name: str, theory: float, measured: float, tolerance: float, detail: str = "", *,
                    per_seed=None, se: float | None = None) -> Claim:
     """Passes when ``|measured - theory| <= tolerance * |theory|`` (and ``measured`` is finite)."""
     theory, measured = float(theory), float(measured)
-    passed = bool(np.isfinite(measured) and np.isfinite(theory) and abs(measured - theory) <= tolerance * abs(theory))
-    return Claim(name, theory, measured, float(tolerance), passed, detail or f"relative tolerance {tolerance:g}",
-                 seed_spread(per_seed), None if se is None else float(se))
+    passed = math.isfinite(theory) and abs(measured - theory) <= tolerance * abs(theory)
+    detail = detail or f"relative tolerance {tolerance:g}"
+    return _claim(name, theory, measured, tolerance, passed, detail, per_seed, se)
 
 
 def upper_bound_claim(name: str, measured: float, bound: float, theory: float | None = 0.0, detail: str = "", *,
                       per_seed=None, se: float | None = None) -> Claim:
     """Passes when ``measured <= bound`` (e.g. a distance that theory says is 0)."""
-    measured = float(measured)
-    passed = bool(np.isfinite(measured) and measured <= bound)
-    return Claim(name, theory, measured, float(bound), passed, detail or f"must be <= {bound:g}", seed_spread(per_seed),
-                 None if se is None else float(se))
+    return _claim(name, theory, measured, bound, float(measured) <= bound, detail or f"must be <= {bound:g}",
+                  per_seed, se)
 
 
 def ratio_se(num: float, num_se: float, den: float, den_se: float) -> float:
@@ -121,10 +112,8 @@ def ratio_se(num: float, num_se: float, den: float, den_se: float) -> float:
 def lower_bound_claim(name: str, measured: float, bound: float, theory: float | None = None, detail: str = "", *,
                       per_seed=None, se: float | None = None) -> Claim:
     """Passes when ``measured >= bound``."""
-    measured = float(measured)
-    passed = bool(np.isfinite(measured) and measured >= bound)
-    return Claim(name, theory, measured, float(bound), passed, detail or f"must be >= {bound:g}", seed_spread(per_seed),
-                 None if se is None else float(se))
+    return _claim(name, theory, measured, bound, float(measured) >= bound, detail or f"must be >= {bound:g}",
+                  per_seed, se)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -141,24 +130,17 @@ def to_jsonable(obj):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
+    if isinstance(obj, int):  # bool included; numpy scalars are arrays (below)
+        return bool(obj) if isinstance(obj, bool) else int(obj)
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(float(obj)) else None
-    if hasattr(obj, "__array__") and not isinstance(obj, (str, bytes)):
-        arr = np.asarray(obj)
-        if arr.dtype.kind == "f":
-            return to_jsonable(arr.astype(np.float64).tolist())
-        return to_jsonable(arr.tolist())
+    if hasattr(obj, "__array__") and not isinstance(obj, (str, bytes)):  # numpy.str_ has __array__
+        return to_jsonable(np.asarray(obj).tolist())
     return obj
 
 
 def _key(k) -> str:
-    if isinstance(k, tuple):
-        return " vs ".join(str(x) for x in k)
-    return str(k)
+    return " vs ".join(map(str, k)) if isinstance(k, tuple) else str(k)
 
 
 def nonfinite_paths(obj, path: str = "") -> list[str]:
@@ -169,19 +151,10 @@ def nonfinite_paths(obj, path: str = "") -> list[str]:
         return [p for k, v in obj.items() for p in nonfinite_paths(v, f"{path}.{_key(k)}" if path else _key(k))]
     if isinstance(obj, (list, tuple)):
         return [p for i, v in enumerate(obj) for p in nonfinite_paths(v, f"{path}[{i}]")]
-    if isinstance(obj, (bool, np.bool_, str, bytes, Path)) or obj is None:
-        return []
-    if isinstance(obj, (float, np.floating)):
-        return [] if math.isfinite(float(obj)) else [path]
-    if hasattr(obj, "__array__"):
+    if isinstance(obj, float) or hasattr(obj, "__array__"):  # numpy and JAX scalars and arrays have __array__
         arr = np.asarray(obj)
-        if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
-            return [path]
+        return [path] if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)) else []
     return []
-
-
-def _dumps(obj) -> bytes:
-    return (json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n").encode()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -189,13 +162,10 @@ def _dumps(obj) -> bytes:
 
 
 def _git_commit(start: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=start, capture_output=True, text=True, timeout=10)
-        if out.returncode != 0:
-            return None
-        commit = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=start,
-                               capture_output=True, text=True, timeout=10)
+    run = {"cwd": start, "capture_output": True, "text": True, "timeout": 10}
+    try:  # check=True: a failing git (not a repository) raises CalledProcessError, a SubprocessError
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], check=True, **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run)
         return commit + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -208,20 +178,17 @@ def provenance() -> dict:
 
     import jax
 
-    versions = {}
-    for pkg in ("jax", "jaxlib", "flax", "optax", "numpy"):
-        try:
+    versions = dict.fromkeys(("jax", "jaxlib", "flax", "optax", "numpy"))  # None when not installed
+    for pkg in versions:
+        with contextlib.suppress(md.PackageNotFoundError):
             versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    device = jax.devices()[0]
     return {
         "precision": precision(),
         "jax_enable_x64": bool(jax.config.jax_enable_x64),
         "versions": versions,
         "python": platform.python_version(),
         "backend": jax.default_backend(),
-        "device_kind": device.device_kind,
+        "device_kind": jax.devices()[0].device_kind,
         "device_count": jax.device_count(),
         "git_commit": _git_commit(Path(__file__).resolve().parent),
     }
@@ -260,23 +227,16 @@ def remove_stale_temporaries(folder) -> list[Path]:
     Temporaries are named ``.<name>.icl-tmp-<pid>-<random>``; also removes the ``.<name>.<random>.tmp``
     files that earlier versions of this module wrote. Returns what was removed.
     """
-    folder = Path(folder)
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for entry in folder.iterdir():
+    folder, removed = Path(folder), []
+    for entry in folder.iterdir() if folder.is_dir() else []:
         name = entry.name
-        stale = False
         if _TMP_MARK in name:
             pid = name.split(_TMP_MARK, 1)[1].split("-", 1)[0]
-            stale = not (pid.isdigit() and (int(pid) == os.getpid() or _pid_alive(int(pid))))
-        elif name.startswith(".") and name.endswith(".tmp"):
-            stale = True
+            stale = not (pid.isdigit() and _pid_alive(int(pid)))  # this process too is alive
+        else:
+            stale = name.startswith(".") and name.endswith(".tmp")
         if stale:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+            _remove(entry)
             removed.append(entry)
     return removed
 
@@ -292,13 +252,11 @@ def atomic_write(path, data: bytes | str) -> Path:
     remove_stale_temporaries(path.parent)
     tmp = _temp_name(path)
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -332,10 +290,8 @@ def _rename_into_place(tmp: Path, dest: Path) -> None:
             except OSError as err:
                 if err.errno not in _OCCUPIED:
                     if aside and not os.path.lexists(dest):
-                        try:
+                        with contextlib.suppress(OSError):
                             os.rename(aside.pop(), dest)
-                        except OSError:
-                            pass
                     raise
             old = _temp_name(dest)
             try:
@@ -379,41 +335,35 @@ def write_run(out_dir, summary: dict, figures: Mapping[str, object] | None = Non
     Returns:
       The summary as written (with ``figures`` listing the files written).
     """
-    out_dir = Path(out_dir)
-    parent = out_dir.parent
-    figures = dict(figures or {})
-    summary = dict(summary)
+    out_dir, summary = Path(out_dir), dict(summary)
     blobs, errors = {}, {}
-    for name, fig in figures.items():
+    for name, fig in (figures or {}).items():
         try:
             if callable(fig) and not hasattr(fig, "savefig"):
                 fig = fig()
             blobs[name] = fig if isinstance(fig, bytes) else render(fig)
         except Exception as err:  # a figure never costs the summary
             errors[name] = f"{type(err).__name__}: {err}"
-    bad = nonfinite_paths(summary)
-    if bad:
+    if bad := nonfinite_paths(summary):
         summary["nonfinite_values"] = bad
     claims = summary.get("claims", [])
-    summary["all_passed"] = bool(all(c.passed if isinstance(c, Claim) else c.get("passed") for c in claims))
+    summary["all_passed"] = all(c.passed if isinstance(c, Claim) else c.get("passed") for c in claims)
     summary["figures"] = list(blobs)
     if errors:
         summary["figure_errors"] = errors
-    data = _dumps(summary)
+    data = (json.dumps(to_jsonable(summary), indent=2, allow_nan=False) + "\n").encode()
 
-    parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(parent)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir.parent)
     tmp = _temp_name(out_dir)
     try:
         tmp.mkdir()
         os.chmod(tmp, DIR_MODE)
         for name, blob in [("summary.json", data), *blobs.items()]:
-            with open(tmp / name, "wb") as handle:
-                handle.write(blob)
+            (tmp / name).write_bytes(blob)
             os.chmod(tmp / name, FILE_MODE)
         _rename_into_place(tmp, out_dir)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # still there only if something failed
     return json.loads(data)
 
