@@ -63,29 +63,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import math
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from icl.evaluate import monte_carlo, predict, predict_prefix
-from icl.predictors import (
-    GDPlusPlus,
-    GradientDescent,
-    Ridge,
-    averaging,
-    bayes_posterior_mean,
-    gd_plus_plus,
-    gradient_descent,
-    knn,
-    least_squares,
-    least_squares_weights,
-    ridge,
-)
+from icl.evaluate import MonteCarlo, monte_carlo, predict, predict_prefix
+from icl.predictors import averaging, bayes_posterior_mean, gd_plus_plus, gradient_descent, knn, least_squares, ridge
 from icl.protocol import has_prefix, predictor_name
 from icl.pytree import pytree_dataclass, static_field
 from icl.tasks import Prompts, check_int, check_non_negative
@@ -93,7 +79,8 @@ from icl.tasks import Prompts, check_int, check_non_negative
 __all__ = ["ATOL", "FAMILIES", "FIT_TOL", "Fingerprint", "fingerprint", "implicit_weights", "plot_fingerprint"]
 
 FAMILIES = ("averaging", "least_squares", "bayes", "gd", "ridge", "preconditioned_gd", "gd_plus_plus", "knn")
-"""Candidate families, simplest first: the order of the parsimony rule (docs/theory.md §11)."""
+"""Candidate families, simplest first: the order of the parsimony rule (docs/theory.md §11). The first three have
+no hyper-parameters."""
 
 ATOL = 1e-3
 """Default practical-equivalence margin of the parsimony rule, in SPD/d: about the SPD/d between Akyürek's
@@ -102,11 +89,16 @@ ridge(lam) and ridge(1.25 lam) (docs/theory.md §11). experiments/which_algorith
 FIT_TOL = 0.05
 """Default fit tolerance: a verdict needs the smallest SPD within 5% of the predictor's own mean squared error."""
 
-_GRIDS = {"gd": ("eta", 1e-4, 1e2), "ridge": ("lam", 1e-6, 1e4)}  # times 1/s (eta) and s (lam)
+_GRIDS = {"gd": ("eta", lambda s: (1e-4 / s, 1e2 / s)), "ridge": ("lam", lambda s: (1e-6 * s, 1e4 * s))}  # s: E[x^2]
 _NEIGHBORS = (1, 2, 3, 5, 8)
-_GOLD = (math.sqrt(5.0) - 1.0) / 2.0
+_GOLD = (5.0**0.5 - 1.0) / 2.0
 
 
+_MAKERS = {"averaging": averaging, "least_squares": least_squares, "ridge": ridge, "gd_plus_plus": gd_plus_plus,
+           "preconditioned_gd": gradient_descent, "knn": lambda neighbors: knn(int(neighbors)),
+           "gd": lambda eta, steps: gradient_descent(np.full(int(steps), float(eta)))}
+"""Family -> its public predictor, called with the hyper-parameters fitted at one prefix length (``bayes`` needs the
+task). :func:`_family` builds gd and knn with traced hyper-parameters itself."""
 _Plan = collections.namedtuple("_Plan", "families with_prefix max_steps lbfgs_iters neighbors")  # static, hashable
 
 
@@ -117,26 +109,21 @@ class _KNN:
     neighbors: jax.Array
     options: tuple = static_field()
 
-    def _pick(self, outs):
-        return jnp.stack(outs)[jnp.argmax(jnp.asarray(self.options) == self.neighbors)]
-
-    def __call__(self, prompts):
-        return self._pick([knn(o)(prompts) for o in self.options])
+    def __call__(self, prompts, method: str = "__call__"):
+        outs = jnp.stack([getattr(knn(o), method)(prompts) for o in self.options])
+        return outs[jnp.argmax(jnp.asarray(self.options) == self.neighbors)]
 
     def prefix(self, prompts):
-        return self._pick([knn(o).prefix(prompts) for o in self.options])
+        return self(prompts, "prefix")
 
 
 def _family(f: str, t: dict, plan: _Plan):
     """The library predictor of family ``f`` at the hyper-parameters ``t`` of one prefix length."""
     if f == "gd":
-        return GradientDescent(t["eta"] * (jnp.arange(plan.max_steps) < t["steps"]))  # zero steps change nothing
-    if f == "ridge":
-        return Ridge(t["lam"])
+        return gradient_descent(t["eta"] * (jnp.arange(plan.max_steps) < t["steps"]))  # zero steps change nothing
     if f == "knn":
         return _KNN(t["neighbors"], plan.neighbors)
-    return GradientDescent(t["step_sizes"], t["preconditioner"]) if f == "preconditioned_gd" else \
-        GDPlusPlus(t["step_sizes"], t["gammas"], t["preconditioner"])
+    return _MAKERS[f](**t)  # ridge, preconditioned_gd, gd_plus_plus: their leaves may be traced
 
 
 def _lift(t: dict, rich: str, max_steps: int, d: int) -> dict:
@@ -145,6 +132,11 @@ def _lift(t: dict, rich: str, max_steps: int, d: int) -> dict:
         t = {"step_sizes": t["eta"][:, None] * (jnp.arange(max_steps) < t["steps"][:, None]),
              "preconditioner": jnp.broadcast_to(jnp.eye(d, dtype=t["eta"].dtype), (t["eta"].shape[0], d, d))}
     return {**t, "gammas": jnp.zeros_like(t["step_sizes"])} if rich == "gd_plus_plus" else t
+
+
+def _choose(mask, a: dict, b: dict) -> dict:
+    """Per prefix length (the leading axis of every array): ``a`` where ``mask [nk]`` holds, else ``b``."""
+    return jax.tree.map(lambda u, v: jnp.where(mask.reshape((-1,) + (1,) * (v.ndim - 1)), u, v), a, b)
 
 
 def _all_k(p, prompts: Prompts, with_prefix: bool, name: str = "family") -> jax.Array:
@@ -201,10 +193,13 @@ def _fit_scalar(make, lo, hi, prompts, target, with_prefix, grid: int = 64, iter
 def _fit_matrices(f, theta0, prompts, target, plan):
     """``optax.lbfgs`` from ``theta0`` (the fit of the simpler family it contains), each length's SPD divided by
     its value at the start so that every length weighs alike; per length the start is kept where it is better."""
-    loss = lambda th: _spd(_per_k(lambda x: _family(f, x, plan), th, prompts, plan.with_prefix), target)
-    start = loss(theta0)
-    total = lambda th: jnp.sum(loss(th) / jnp.where((start > 0) & jnp.isfinite(start), start, 1.0))
-    opt, value_and_grad = optax.lbfgs(), optax.value_and_grad_from_state(total)
+    def loss(th):
+        return _spd(_preds(f, th, prompts, {}, plan), target)
+
+    def total(th):
+        return jnp.sum(loss(th) / jnp.where((start > 0) & jnp.isfinite(start), start, 1.0))
+
+    start, opt, value_and_grad = loss(theta0), optax.lbfgs(), optax.value_and_grad_from_state(total)
 
     def step(carry, _):
         th, state = carry
@@ -213,8 +208,7 @@ def _fit_matrices(f, theta0, prompts, target, plan):
         return (optax.apply_updates(th, updates), state), None
 
     theta = jax.lax.scan(step, (theta0, opt.init(theta0)), None, length=plan.lbfgs_iters)[0][0]
-    keep = ~(loss(theta) < start)
-    return jax.tree.map(lambda a0, a: jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a0, a), theta0, theta)
+    return _choose(~(loss(theta) < start), theta0, theta)
 
 
 @functools.partial(jax.jit, static_argnames="plan")
@@ -224,19 +218,16 @@ def _fit(prompts, target, fixed, *, plan: _Plan):
     scale = jnp.maximum(jnp.mean(prompts.x**2), jnp.finfo(prompts.x.dtype).tiny)  # mean eigenvalue of E[x x^T]
     theta, loss, edge = {f: {} for f in fams}, {}, {f: jnp.zeros(nk, bool) for f in fams}
     if {"gd", "preconditioned_gd", "gd_plus_plus"} & fams:
-        lo, hi = _GRIDS["gd"][1] / scale, _GRIDS["gd"][2] / scale
         steps = jnp.arange(plan.max_steps) + 1
-        etas, losses, edges = jax.vmap(lambda k: _fit_scalar(
-            lambda e: _family("gd", {"eta": e, "steps": k}, plan), lo, hi, prompts, target, wp))(steps)  # [K, nk]
-        best, cols = jnp.argmin(losses, axis=0), jnp.arange(nk)  # [nk]: the fewest steps among ties
-        theta["gd"] = {"eta": etas[best, cols], "steps": steps[best]}
-        loss["gd"], edge["gd"] = losses[best, cols], edges[best, cols]
+        etas, losses, edges = jax.vmap(lambda k: _fit_scalar(  # [K, nk]
+            lambda e: _family("gd", {"eta": e, "steps": k}, plan), *_GRIDS["gd"][1](scale), prompts, target, wp))(steps)
+        i, cols = jnp.argmin(losses, axis=0), jnp.arange(nk)  # [nk]: the fewest steps among ties
+        theta["gd"], loss["gd"], edge["gd"] = {"eta": etas[i, cols], "steps": steps[i]}, losses[i, cols], edges[i, cols]
     for simple, rich in (("gd", "preconditioned_gd"), ("preconditioned_gd", "gd_plus_plus")):
         if rich in fams or rich == "preconditioned_gd" and "gd_plus_plus" in fams:
             theta[rich] = _fit_matrices(rich, _lift(theta[simple], rich, plan.max_steps, d), prompts, target, plan)
     if "ridge" in fams:
-        lam, loss["ridge"], edge["ridge"] = _fit_scalar(Ridge, _GRIDS["ridge"][1] * scale, _GRIDS["ridge"][2] * scale,
-                                                        prompts, target, wp)
+        lam, loss["ridge"], edge["ridge"] = _fit_scalar(ridge, *_GRIDS["ridge"][1](scale), prompts, target, wp)
         theta["ridge"] = {"lam": lam}
     if "knn" in fams:
         losses = jnp.stack([_spd(_all_k(knn(o), prompts, wp), target) for o in plan.neighbors])
@@ -252,21 +243,19 @@ def _fit(prompts, target, fixed, *, plan: _Plan):
 @dataclasses.dataclass(frozen=True)
 class _Judge:
     """Per prompt and prefix length: the predictor's squared error, every family's squared difference from it,
-    and every paired difference of those (for the parsimony rule's SE); NaN and inf counted, not averaged."""
+    and every paired difference of those (for the parsimony rule's SE); NaN and inf counted, not averaged (a
+    family's are set to 0; the predictor's are only counted, since any of them makes :func:`fingerprint` raise)."""
 
     plan: _Plan
-    name: str
 
     def __call__(self, preds, prompts):
-        target = _all_k(preds["predictor"], prompts, self.plan.with_prefix, self.name)
-        ok = jnp.isfinite(target)
-        target = jnp.where(ok, target, 0.0)
+        target = _all_k(preds["predictor"], prompts, self.plan.with_prefix, predictor_name(preds["predictor"]))
         labels = jnp.concatenate([prompts.y, prompts.y_query[:, None]], axis=1)[:, -target.shape[1]:]
         sq = jnp.stack([(_preds(f, preds["theta"][f], prompts, preds["fixed"], self.plan) - target) ** 2
                         for f in self.plan.families], axis=1)  # [b, F, nk]
         bad = ~jnp.isfinite(sq)
         sq = jnp.where(bad, 0.0, sq)
-        return {"bad": (~ok).astype(sq.dtype), "sq_error": jnp.where(ok, (target - labels) ** 2, 0.0),
+        return {"bad": (~jnp.isfinite(target)).astype(sq.dtype), "sq_error": (target - labels) ** 2,
                 "t2": target**2, "sq": sq, "bad_f": bad.astype(sq.dtype), "diff": sq[:, :, None] - sq[:, None]}
 
 
@@ -274,7 +263,7 @@ class _Judge:
 class _WithProbes:
     """The task's prompts and, per prompt, ``q`` probe inputs from its covariate law (its extra queries)."""
 
-    task: Any
+    task: object
     q: int = static_field()
 
     def sample(self, key, batch, n):
@@ -291,13 +280,12 @@ def _probe(at, prompts: Prompts, probes, idx, with_prefix: bool, name: str = "fa
     pre, out = (idx[idx < n] if with_prefix else idx[:0]), []
     if pre.size:
         def at_prefix(j):
-            one = lambda z: predict_prefix(name, at(j), prompts._replace(x=prompts.x.at[:, j].set(z)))
-            return jax.vmap(lambda z: jnp.take(one(z), j, axis=1), in_axes=1, out_axes=1)(probes)
+            return jax.vmap(lambda z: jnp.take(
+                predict_prefix(name, at(j), prompts._replace(x=prompts.x.at[:, j].set(z))), j, axis=1), 1, 1)(probes)
 
         out.append(jnp.moveaxis(jax.lax.map(at_prefix, jnp.asarray(pre)), 0, 1))
     if pre.size < idx.size:
-        p = at(idx[-1])
-        out.append(jax.vmap(lambda z: predict(name, p, prompts._replace(x_query=z)), 1, 1)(probes)[:, None])
+        out.append(jax.vmap(lambda z: predict(name, at(idx[-1]), prompts._replace(x_query=z)), 1, 1)(probes)[:, None])
     return jnp.concatenate(out, axis=1)
 
 
@@ -306,7 +294,7 @@ def _fit_linear(probes, values):
     probes ``[b, Q, d]``, values ``[b, P, Q]``; returns ``w [b, P, d]``, ``b [b, P]``, mean squared residual."""
     (b, q, d), p = probes.shape, values.shape[1]
     design = jnp.broadcast_to(jnp.concatenate([probes, jnp.ones_like(probes[..., :1])], -1)[:, None], (b, p, q, d + 1))
-    coef = least_squares_weights(design.reshape(b * p, q, d + 1), values.reshape(b * p, q)).reshape(b, p, d + 1)
+    coef = least_squares().weights(design.reshape(b * p, q, d + 1), values.reshape(b * p, q)).reshape(b, p, d + 1)
     resid = jnp.mean((values - jnp.einsum("bpqe,bpe->bpq", design, coef)) ** 2, axis=-1)
     return coef[..., :-1], coef[..., -1], resid
 
@@ -317,15 +305,17 @@ class _Weights:
     positions ``idx`` of ``ks``), and the predictor's linearity residual with its mean squared prediction."""
 
     plan: _Plan
-    name: str
     idx: tuple
 
     def __call__(self, preds, sample):
         (prompts, probes), plan, fixed, theta = sample, self.plan, preds["fixed"], preds["theta"]
         probe_at = functools.partial(_probe, prompts=prompts, probes=probes, idx=self.idx, with_prefix=plan.with_prefix)
-        values = probe_at(lambda i: preds["predictor"], name=self.name)
+        values = probe_at(lambda i: preds["predictor"], name=predictor_name(preds["predictor"]))
         w_a, _, resid = _fit_linear(probes, values)
-        member = lambda f, i: fixed[f] if f in fixed else _family(f, jax.tree.map(lambda a: a[i], theta[f]), plan)
+
+        def member(f, i):
+            return fixed[f] if f in fixed else _family(f, jax.tree.map(lambda a: a[i], theta[f]), plan)
+
         ilwd = [jnp.sum((w_a - _fit_linear(probes, probe_at(functools.partial(member, f)))[0]) ** 2, axis=-1)
                 for f in plan.families]
         return {"ilwd": jnp.stack(ilwd, axis=1), "resid": resid, "v2": jnp.mean(values**2, axis=-1)}
@@ -346,10 +336,9 @@ def implicit_weights(predictor, prompts: Prompts, probes, prefix: bool = True) -
       ``{"w": [b, nk, d], "bias": [b, nk], "residual": [b, nk] (mean squared), "values": [b, nk, Q]}``.
     """
     probes, (b, n, d) = jnp.asarray(probes), prompts.x.shape
-    if probes.ndim != 3 or probes.shape[0] != b or probes.shape[2] != d:
-        raise ValueError(f"probes must have shape [batch, Q, d] = [{b}, Q, {d}], got {probes.shape}")
-    if probes.shape[1] < d + 1:
-        raise ValueError(f"probes must hold Q >= d + 1 = {d + 1} points per context, got Q = {probes.shape[1]}")
+    if probes.ndim != 3 or probes.shape[0] != b or probes.shape[2] != d or probes.shape[1] < d + 1:
+        raise ValueError(f"probes must have shape [batch, Q, d] = [{b}, Q, {d}] with Q >= d + 1 = {d + 1} points per "
+                         f"context, got {probes.shape}")
     if prefix and not has_prefix(predictor):
         raise ValueError(f"predictor {predictor_name(predictor)} has no .prefix; pass prefix=False")
     idx = tuple(range(n + 1)) if prefix else (0,)
@@ -363,10 +352,9 @@ def implicit_weights(predictor, prompts: Prompts, probes, prefix: bool = True) -
 
 
 def _position(ks: np.ndarray, k: int, what: str) -> int:
-    hits = np.flatnonzero(ks == k)
-    if hits.size == 0:
+    if k not in ks:
         raise ValueError(f"k must be one of the {what} {ks.tolist()}, got {k!r}")
-    return int(hits[0])
+    return int(np.argmax(ks == k))
 
 
 def _per_d(name: str, doc: str) -> property:
@@ -456,20 +444,15 @@ class Fingerprint:
 
         ``bayes`` needs the task: use ``icl.bayes_posterior_mean(task)``.
         """
-        makers = {"averaging": averaging, "least_squares": least_squares, "ridge": ridge,
-                  "knn": lambda neighbors: knn(int(neighbors)), "preconditioned_gd": gradient_descent,
-                  "gd": lambda eta, steps: gradient_descent(np.full(int(steps), float(eta))),
-                  "gd_plus_plus": gd_plus_plus}
-        if family not in self.families or family not in makers:
-            raise ValueError(f"family must be one of {tuple(f for f in self.families if f in makers)} (bayes: use "
+        if family not in self.families or family not in _MAKERS:
+            raise ValueError(f"family must be one of {tuple(f for f in self.families if f in _MAKERS)} (bayes: use "
                              f"icl.bayes_posterior_mean(task)), got {family!r}")
         i = -1 if k is None else self.index(k)
-        return makers[family](**{name: np.asarray(v)[i] for name, v in self.fitted_by_k[family].items()})
+        return _MAKERS[family](**{name: np.asarray(v)[i] for name, v in self.fitted_by_k[family].items()})
 
     def table(self, ks: Sequence[int] | None = None) -> str:
         """A plain-text table: per family, SPD/d +- SE at chosen prefix lengths and the fitted values."""
-        if ks is None:
-            ks = sorted({int(k) for k in (2, self.d, self.d + 1, self.ks[-1]) if k in set(self.ks.tolist())})
+        ks = sorted({int(k) for k in (2, self.d, self.d + 1, self.ks[-1]) if k in self.ks}) if ks is None else ks
         cols = [self.index(k) for k in ks]
         head = f"{'family':<18}" + "".join(f"{'SPD/d k=' + str(k):>22}" for k in ks) + f"{'ILWD/d full':>20}  fitted"
         lines = [head, "-" * len(head)]
@@ -494,10 +477,8 @@ class Fingerprint:
         """JSON-ready summary (numpy arrays as lists)."""
 
         def conv(v):
-            if isinstance(v, dict):
-                return {k: conv(x) for k, x in v.items()}
-            if isinstance(v, (list, tuple)):
-                return [conv(x) for x in v]
+            if isinstance(v, (dict, list, tuple)):
+                return {k: conv(x) for k, x in v.items()} if isinstance(v, dict) else [conv(x) for x in v]
             return np.asarray(v).tolist() if isinstance(v, (np.ndarray, jax.Array, np.generic)) else v
 
         return {f.name: conv(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -514,15 +495,13 @@ def plot_fingerprint(result: Fingerprint, metric: str = "spd", ax=None, families
     if metric not in ("spd", "ilwd"):
         raise ValueError(f"metric must be 'spd' or 'ilwd', got {metric!r}")
     fig, ax = plt.subplots(figsize=(5.5, 3.8)) if ax is None else (ax.figure, ax)
-    values, ses, ks = (result.spd, result.spd_se, result.ks) if metric == "spd" else \
-        (result.ilwd, result.ilwd_se, result.ilwd_ks)
+    values, ses, ks = (getattr(result, a) for a in (metric, metric + "_se", "ks" if metric == "spd" else "ilwd_ks"))
     for f in families or result.families:
         v, s, xs = np.asarray(values[f]) / result.d, np.asarray(ses[f]) / result.d, np.asarray(ks) - 1
         line, = ax.plot(xs, v, marker="o", ms=3, label=f + (" (best)" if f == result.best else ""))
         ax.fill_between(xs, np.maximum(v - s, 1e-12), v + s, color=line.get_color(), alpha=0.2)
-    ax.set_yscale("log")
+    ax.set(yscale="log", xlabel="number of in-context examples", ylabel=f"{metric.upper()} / d")
     ax.axvline(result.d, color="grey", lw=0.7, ls=":")
-    ax.set(xlabel="number of in-context examples", ylabel=f"{metric.upper()} / d")
     ax.legend(fontsize=7)
     return fig
 
@@ -531,10 +510,12 @@ def plot_fingerprint(result: Fingerprint, metric: str = "spd", ax=None, families
 # fingerprint
 
 
-def _nonfinite_error(name: str, counts, total: int, where: str, ks) -> ValueError:
-    per_k = ", ".join(f"k={k}: {c}" for k, c in zip(ks, counts) if c)
-    return ValueError(f"predictor {name} returned NaN or inf on {int(np.max(counts))} of {total} {where} prompts "
-                      f"({per_k}); a fingerprint needs finite predictions")
+def _check_finite(name: str, counts, total: int, where: str, ks) -> None:
+    """ValueError with the counts per prefix length where the predictor returned NaN or inf on some prompts."""
+    if np.any(counts):
+        per_k = ", ".join(f"k={k}: {c}" for k, c in zip(ks, counts) if c)
+        raise ValueError(f"predictor {name} returned NaN or inf on {int(np.max(counts))} of {total} {where} prompts "
+                         f"({per_k}); a fingerprint needs finite predictions")
 
 
 def _nest(families, mean, se, theta, fit_spd, max_steps: int, d: int) -> None:
@@ -548,25 +529,24 @@ def _nest(families, mean, se, theta, fit_spd, max_steps: int, d: int) -> None:
             for name in ("sq", "bad_f", "diff"):
                 stats[name][j] = np.where(worse, stats[name][i], stats[name][j])
             stats["diff"][:, j] = np.where(worse, stats["diff"][:, i], stats["diff"][:, j])
-        start = _lift(theta[simple], rich, max_steps, d)
-        theta[rich] = {k: np.where(worse.reshape((-1,) + (1,) * (v.ndim - 1)), start[k], v)
-                       for k, v in theta[rich].items()}
+        theta[rich] = jax.device_get(_choose(worse, _lift(theta[simple], rich, max_steps, d), theta[rich]))
         fit_spd[rich] = np.where(worse, fit_spd[simple], fit_spd[rich])
 
 
-def _verdict(k, families, spd, gap, mse, fp_tol, margin, fit_tol, flags):
-    """``(best, reason)`` at one prefix length: the parsimony choice among finite, fitted families."""
-    finite = [f for f in families if np.isfinite(spd[f])]
-    if k == 1 or not finite:
+def _verdict(k, spd, gap, low, mse, fp_tol, edge, nonfinite, families, margin, fit_tol, total):
+    """``(best, reason)`` at one prefix length: the parsimony choice among finite, fitted families (``spd``, ``gap``,
+    ``edge`` and ``nonfinite`` per family; ``low`` indexes the smallest finite SPD)."""
+    if k == 1 or not np.isfinite(spd).any():
         return None, "k = 1: no context, every family predicts 0" if k == 1 else "every family returned NaN or inf"
-    low = min(finite, key=spd.get)
     if spd[low] > max(fit_tol * mse, fp_tol):
-        return None, (f"no family fits: the closest, {low}, has SPD {spd[low] / mse if mse > 0 else np.inf:.3g} "
-                      f"times the predictor's own MSE (fit_tol {fit_tol:g})")
-    for f in families:
-        if flags[f]:
-            return None, f"{f} cannot be judged: {flags[f]}"
-        if spd[f] - spd[low] <= max(gap[f], margin) + fp_tol:
+        return None, (f"no family fits: the closest, {families[low]}, has SPD "
+                      f"{spd[low] / mse if mse > 0 else np.inf:.3g} times the predictor's own MSE "
+                      f"(fit_tol {fit_tol:g})")
+    for f, s, g, e, c in zip(families, spd, gap, edge, nonfinite):
+        if e or c:
+            why = f"{_GRIDS[f][0]} at the edge of its grid" if e else f"NaN or inf on {c} of {total} prompts"
+            return None, f"{f} cannot be judged: {why}"
+        if s - spd[low] <= max(g, margin) + fp_tol:
             return f, None
 
 
@@ -637,53 +617,40 @@ def fingerprint(predictor, task, key: jax.Array, n: int, candidates: Sequence[st
                          f"{ilwd_ks.tolist()!r}")
     ilwd_ks = ilwd_ks if num_ilwd else np.zeros(0, int)
     plan = _Plan(families, with_prefix, max_steps, lbfgs_iters, tuple(v for v in _NEIGHBORS if v <= n))
-    fixed = {"averaging": averaging(), "least_squares": least_squares()}
-    fixed = {f: bayes_posterior_mean(task) if f == "bayes" else fixed[f] for f in families if f in (*fixed, "bayes")}
+    fixed = {f: bayes_posterior_mean(task) if f == "bayes" else _MAKERS[f]() for f in families if f in FAMILIES[:3]}
     k_fit, k_eval, k_ilwd = jax.random.split(key, 3)
 
     fit_prompts = task.sample(k_fit, num_fit, n)
     target = _all_k(predictor, fit_prompts, with_prefix, name)
-    if not np.all(np.isfinite(target)):
-        raise _nonfinite_error(name, np.sum(~np.isfinite(np.asarray(target)), axis=0), num_fit, "fitting", ks)
+    _check_finite(name, np.sum(~np.isfinite(np.asarray(target)), axis=0), num_fit, "fitting", ks)
     theta, at_edge, fit_spd = jax.device_get(_fit(fit_prompts, target, fixed, plan=plan))
     args = {"predictor": predictor, "theta": theta, "fixed": fixed}
-    res = monte_carlo(_Judge(plan, name), args, task, k_eval, n, num_prompts, chunk_size=256)
+    res = monte_carlo(_Judge(plan), args, task, k_eval, n, num_prompts, chunk_size=256)
     mean, se, total = res.mean, res.se, res.num_prompts
-    if mean["bad"].any():
-        raise _nonfinite_error(name, np.rint(mean["bad"] * total).astype(int), total, "evaluation", ks)
+    _check_finite(name, np.rint(mean["bad"] * total).astype(int), total, "evaluation", ks)
     _nest(families, mean, se, theta, fit_spd, max_steps, d)
-    nonfinite = {f: np.rint(mean["bad_f"][i] * total).astype(int) for i, f in enumerate(families)}
-    spd = {f: np.where(nonfinite[f] > 0, np.nan, mean["sq"][i]) for i, f in enumerate(families)}
-    spd_se = {f: np.where(nonfinite[f] > 0, np.nan, se["sq"][i]) for i, f in enumerate(families)}
+    nonfinite = np.rint(mean["bad_f"] * total).astype(int)  # [F, nk], like every array below
+    spd, spd_se = (np.where(nonfinite > 0, np.nan, stats["sq"]) for stats in (mean, se))
     fp_tol = 10.0 * float(jnp.finfo(fit_prompts.x.dtype).eps) * mean["t2"]  # [nk]: exact up to rounding
-    low = [int(np.nanargmin([spd[f][i] for f in families])) if any(np.isfinite(spd[f][i]) for f in families) else 0
-           for i in range(ks.size)]
-    gap_se = {f: se["diff"][j, low, np.arange(ks.size)] for j, f in enumerate(families)}
-    best_spd = np.array([spd[families[j]][i] for i, j in enumerate(low)])
+    low, cols = np.argmin(np.where(np.isfinite(spd), spd, np.inf), axis=0), np.arange(ks.size)  # 0 if none finite
+    gap_se, best_spd, edges = se["diff"][:, low, cols], spd[low, cols], np.stack([at_edge[f] for f in families])
     relative = np.where(mean["sq_error"] > 0, best_spd / np.maximum(mean["sq_error"], 1e-300),
                         np.where(best_spd > 0, np.inf, 0.0))
-    verdicts = [_verdict(k, families, {f: spd[f][i] for f in families}, {f: gap_se[f][i] for f in families},
-                         mean["sq_error"][i], fp_tol[i], atol * d, fit_tol,
-                         {f: (f"{_GRIDS[f][0]} at the edge of its grid" if at_edge[f][i] else None) or
-                          (f"NaN or inf on {nonfinite[f][i]} of {total} prompts" if nonfinite[f][i] else None)
-                          for f in families}) for i, k in enumerate(ks)]
-    ilwd, ilwd_se, lin, lin_se, w = {f: np.zeros(0) for f in families}, {f: np.zeros(0) for f in families}, \
-        np.zeros(0), np.zeros(0), None
-    if ilwd_ks.size:
-        w = monte_carlo(_Weights(plan, name, tuple(int(i) for i in np.searchsorted(ks, ilwd_ks))), args,
-                        _WithProbes(task, q), k_ilwd, n, num_ilwd, chunk_size=128)
-        ilwd, ilwd_se = ({f: stats["ilwd"][i] for i, f in enumerate(families)} for stats in (w.mean, w.se))
-        denom = np.maximum(w.mean["v2"], np.finfo(np.float64).tiny)
-        lin, lin_se = w.mean["resid"] / denom, w.se["resid"] / denom
-    fitted_by_k = {f: {p: np.asarray(v) for p, v in theta[f].items()} for f in families}
+    columns = zip(ks, spd.T, gap_se.T, low, mean["sq_error"], fp_tol, edges.T, nonfinite.T)
+    best_by_k, reason_by_k = map(list, zip(*(_verdict(*c, families, atol * d, fit_tol, total) for c in columns)))
+    empty = {"ilwd": np.zeros((len(families), 0)), "resid": np.zeros(0), "v2": np.zeros(0)}
+    w = monte_carlo(_Weights(plan, tuple(int(i) for i in np.searchsorted(ks, ilwd_ks))), args,
+                    _WithProbes(task, q), k_ilwd, n, num_ilwd, chunk_size=128) if ilwd_ks.size else \
+        MonteCarlo(empty, empty, 0)
+    denom = np.maximum(w.mean["v2"], np.finfo(np.float64).tiny)
+    fitted_by_k = {f: theta[f] for f in families}  # in family order (jit returns its dictionaries sorted by key)
     return Fingerprint(
-        ks=ks, d=d, n=n, families=families, spd=spd, spd_se=spd_se, ilwd=ilwd, ilwd_se=ilwd_se, ilwd_ks=ilwd_ks,
-        linearity_residual=lin, linearity_residual_se=lin_se, fitted_by_k=fitted_by_k,
+        ks=ks, d=d, n=n, families=families, spd=dict(zip(families, spd)), spd_se=dict(zip(families, spd_se)),
+        ilwd=dict(zip(families, w.mean["ilwd"])), ilwd_se=dict(zip(families, w.se["ilwd"])), ilwd_ks=ilwd_ks,
+        linearity_residual=w.mean["resid"] / denom, linearity_residual_se=w.se["resid"] / denom,
         fitted={f: {p: v[-1].item() if v.ndim == 1 else v[-1] for p, v in fitted_by_k[f].items()} for f in families},
-        best=verdicts[-1][0], best_by_k=[b for b, _ in verdicts], fit_spd={f: np.asarray(v, np.float64) for f, v in
-                                                                           fit_spd.items()},
-        num_prompts=total, num_fit_prompts=num_fit, num_ilwd_prompts=w.num_prompts if w else 0, num_queries=q,
-        task_noise_std=float(task.noise_std) if prior else None, spd_gap_se=gap_se, atol=atol,
-        reason=verdicts[-1][1], reason_by_k=[r for _, r in verdicts], mse=np.asarray(mean["sq_error"]),
-        relative_spd=relative, fit_tol=fit_tol, at_edge={f: np.asarray(v) for f, v in at_edge.items()},
-        nonfinite=nonfinite)
+        fitted_by_k=fitted_by_k, best=best_by_k[-1], best_by_k=best_by_k, num_prompts=total, num_fit_prompts=num_fit,
+        fit_spd={f: np.asarray(v, np.float64) for f, v in fit_spd.items()}, num_ilwd_prompts=w.num_prompts,
+        num_queries=q, task_noise_std=float(task.noise_std) if prior else None, spd_gap_se=dict(zip(families, gap_se)),
+        atol=atol, reason=reason_by_k[-1], reason_by_k=reason_by_k, mse=mean["sq_error"], relative_spd=relative,
+        fit_tol=fit_tol, at_edge=at_edge, nonfinite=dict(zip(families, nonfinite)))

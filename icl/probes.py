@@ -17,20 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from icl.protocol import predictor_name
-from icl.tasks import Prompts, check_non_negative, check_positive_int
+from icl.tasks import Prompts, check_int, check_non_negative
 
 __all__ = ["PROBE_TARGETS", "ProbeResult", "hidden_states", "probe"]
 
 PROBE_TARGETS = ("w", "xty", "xtx")
 """What a probe reads: the task weight ``w``, ``X^T y / n`` and the upper triangle of ``X^T X / n``."""
 
-
-def _states_method(model):
-    method = getattr(model, "hidden_states", None)
-    if not callable(method):
-        raise ValueError(f"model {predictor_name(model)} has no hidden_states(prompts) -> list of [batch, T, width] "
-                         "(the optional member of icl.protocol that probes read)")
-    return method
+_READOUTS = {"query": lambda h: [h[:, -1]], "mean": lambda h: [h.mean(1)], "both": lambda h: [h[:, -1], h.mean(1)]}
+"""Readout -> the parts of a hidden state ``[batch, T, width]`` that, concatenated, are the probe's features."""
 
 
 def hidden_states(model, prompts: Prompts) -> list:
@@ -39,11 +34,14 @@ def hidden_states(model, prompts: Prompts) -> list:
     Entry 0 is the input tokens, entry ``l`` the stream after layer ``l``; ValueError naming the model when it
     has no such method or returns something else.
     """
-    states = list(_states_method(model)(prompts))
-    for h in states:
-        if jnp.ndim(h) != 3 or jnp.shape(h)[0] != prompts.x.shape[0]:
-            raise ValueError(f"model {predictor_name(model)}: hidden_states must return arrays [batch, T, width] with "
-                             f"batch = {prompts.x.shape[0]}, got shapes {[jnp.shape(s) for s in states]}")
+    method = getattr(model, "hidden_states", None)
+    if not callable(method):
+        raise ValueError(f"model {predictor_name(model)} has no hidden_states(prompts) -> list of [batch, T, width] "
+                         "(the optional member of icl.protocol that probes read)")
+    states = list(method(prompts))
+    if any(jnp.ndim(h) != 3 or jnp.shape(h)[0] != prompts.x.shape[0] for h in states):
+        raise ValueError(f"model {predictor_name(model)}: hidden_states must return arrays [batch, T, width] with "
+                         f"batch = {prompts.x.shape[0]}, got shapes {[jnp.shape(s) for s in states]}")
     return states
 
 
@@ -51,15 +49,9 @@ def _targets(prompts: Prompts, targets) -> dict:
     x, y, (n, d) = prompts.x, prompts.y, prompts.x.shape[1:]
     if "w" in targets and prompts.w is None:
         raise ValueError("targets: 'w' needs prompts that carry w (task.sample returned w=None)")
-    iu = np.triu_indices(d)
     make = {"w": lambda: prompts.w, "xty": lambda: jnp.einsum("bnd,bn->bd", x, y) / n,
-            "xtx": lambda: (jnp.einsum("bni,bnj->bij", x, x) / n)[:, iu[0], iu[1]]}
+            "xtx": lambda: (jnp.einsum("bni,bnj->bij", x, x) / n)[:, *np.triu_indices(d)]}
     return {t: make[t]() for t in targets}
-
-
-def _features(states, readout: str):
-    parts = {"query": lambda h: [h[:, -1]], "mean": lambda h: [h.mean(1)], "both": lambda h: [h[:, -1], h.mean(1)]}
-    return [jnp.concatenate(parts[readout](h), axis=-1) for h in states]
 
 
 def _ridge_probe_r2(f_train, t_train, f_test, t_test, lam: float) -> float:
@@ -70,8 +62,7 @@ def _ridge_probe_r2(f_train, t_train, f_test, t_test, lam: float) -> float:
     sd = np.where(sd > 1e-12, sd, 1.0)
     a, b = (f_train - mu) / sd, (f_test - mu) / sd
     coef = np.linalg.solve(a.T @ a + lam * a.shape[0] * np.eye(a.shape[1]), a.T @ (t_train - t_train.mean(0)))
-    sse = np.sum((t_test - b @ coef - t_train.mean(0)) ** 2)
-    sst = np.sum((t_test - t_test.mean(0)) ** 2)
+    sse, sst = np.sum((t_test - b @ coef - t_train.mean(0)) ** 2), np.sum((t_test - t_test.mean(0)) ** 2)
     return float(1.0 - sse / sst) if sst > 0 else float("nan")
 
 
@@ -95,12 +86,10 @@ class ProbeResult:
     def table(self) -> str:
         """Plain text: one row per layer, R^2 and the control's R^2 per target."""
         lines = [f"{'layer':<7}" + "".join(f"{t + ' R2':>12}{'control':>10}" for t in self.targets)]
-        for l in range(len(next(iter(self.r2.values())))):
-            row = f"{l:<7}"
-            for t in self.targets:
-                c = self.control_r2[t][l] if self.control_r2 is not None and l < len(self.control_r2[t]) else np.nan
-                row += f"{self.r2[t][l]:>12.3f}{c:>10.3f}"
-            lines.append(row)
+        control = self.control_r2 or {t: [] for t in self.targets}
+        for i in range(len(next(iter(self.r2.values())))):  # layer i
+            cells = [(self.r2[t][i], control[t][i] if i < len(control[t]) else np.nan) for t in self.targets]
+            lines.append(f"{i:<7}" + "".join(f"{r:>12.3f}{c:>10.3f}" for r, c in cells))
         return "\n".join(lines)
 
 
@@ -122,24 +111,20 @@ def probe(model, task, key: jax.Array, n: int, *, control=None, targets: Sequenc
     """
     if not callable(getattr(task, "sample", None)):
         raise ValueError(f"task must have .sample(key, batch, n), got {type(task).__name__}")
-    n, num_prompts = check_positive_int("n", n), check_positive_int("num_prompts", num_prompts)
-    if num_prompts < 4:
-        raise ValueError(f"num_prompts must be an integer >= 4, got {num_prompts}")
+    n, num_prompts = check_int("n", n), check_int("num_prompts", num_prompts, 4)
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
     if not targets or any(t not in PROBE_TARGETS for t in targets):
         raise ValueError(f"targets must be a non-empty subset of {PROBE_TARGETS}, got {targets!r}")
-    if readout not in ("query", "mean", "both"):
+    if readout not in _READOUTS:
         raise ValueError(f"readout must be 'query', 'mean' or 'both', got {readout!r}")
     lam = check_non_negative("lam", lam)
-    models = {"model": model} if control is None else {"model": model, "control": control}
-    for m in models.values():
-        _states_method(m)
-    k_train, k_test = jax.random.split(key)
-    train, test = task.sample(k_train, num_prompts, n), task.sample(k_test, num_prompts, n)
+    train, test = (task.sample(k, num_prompts, n) for k in jax.random.split(key))
     t_train, t_test = _targets(train, targets), _targets(test, targets)
-    r2 = {}
-    for name, m in models.items():
-        f_train, f_test = (_features(hidden_states(m, p), readout) for p in (train, test))
-        r2[name] = {t: np.array([_ridge_probe_r2(a, t_train[t], b, t_test[t], lam) for a, b in zip(f_train, f_test)])
-                    for t in targets}
-    return ProbeResult(r2["model"], r2.get("control"), targets, readout, lam, num_prompts)
+
+    def r2(m):  # hidden_states raises ValueError for a model without it
+        f_train, f_test = ([jnp.concatenate(_READOUTS[readout](h), axis=-1) for h in hidden_states(m, p)]
+                           for p in (train, test))
+        return {t: np.array([_ridge_probe_r2(a, t_train[t], b, t_test[t], lam) for a, b in zip(f_train, f_test)])
+                for t in targets}
+
+    return ProbeResult(r2(model), None if control is None else r2(control), targets, readout, lam, num_prompts)
