@@ -38,7 +38,7 @@ gpt = icl.train(lambda rngs: icl.Transformer(3, max_pairs=9, **small, rngs=rngs)
 assert np.all(np.isfinite(gpt.losses))
 comparison = icl.compare_predictors({"lsa": result.model(0), "gd": icl.gradient_descent(0.5)}, task,
                                     jax.random.key(0), 8, num_prompts=1000, chunk_size=500)
-assert np.isfinite(comparison.losses["lsa"]) and np.isfinite(comparison.losses["gd"])
+assert np.isfinite(comparison.losses["lsa"][0]) and np.isfinite(comparison.losses["gd"][0])
 with tempfile.TemporaryDirectory() as folder:
     saved = icl.save_checkpoint(folder + "/run", result)
     loaded = icl.load_checkpoint(saved)
