@@ -250,7 +250,7 @@ def test_a_checkpoint_without_its_checksums_is_refused_unless_it_predates_them(u
 # orbax's event loop reports the reads it gave up on as unraisable exceptions: not ours to fix
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), num_seeds=st.integers(1, 3), d=st.integers(1, 3), width=st.integers(1, 40),
+@given(seed=st.integers(0, 2**31 - 1), num_seeds=st.integers(1, 3), d=st.integers(1, 3), width=st.integers(1, 400),
        which=st.integers(0, 10**6), where=st.floats(0.0, 1.0, exclude_max=True), mask=st.integers(1, 255))
 def test_round_trip_is_exact_and_a_flipped_byte_is_never_loaded_silently(seed, num_seeds, d, width, which, where,
                                                                            mask):
@@ -260,7 +260,8 @@ def test_round_trip_is_exact_and_a_flipped_byte_is_never_loaded_silently(seed, n
         icl.save_checkpoint(path, result)
         assert same_result(icl.load_checkpoint(path), result)
         files = stored_files(path)
-        target = files[which % len(files)]
+        # half the examples hit the largest file (the array data orbax reads), the rest any stored file
+        target = max(files, key=lambda f: f.stat().st_size) if which % 2 else files[which // 2 % len(files)]
         flip(target, int(where * target.stat().st_size), mask)
         try:
             loaded = icl.load_checkpoint(path)
