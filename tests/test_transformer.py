@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from flax import nnx
 
 import icl
@@ -257,6 +259,32 @@ def test_a_non_finite_label_leaves_the_earlier_prefix_entries_untouched(encoding
     np.testing.assert_array_equal(np.asarray(dirty[:, : j + 1]), np.asarray(clean[:, : j + 1]))
     assert np.all(np.isfinite(np.asarray(dirty[:, : j + 1])))
     assert not np.any(np.isfinite(np.asarray(dirty[:, j + 1 :])))
+
+
+_CAUSAL_MODEL = icl.Transformer(D, rngs=nnx.Rngs(5), max_pairs=N, **ONE)
+
+
+@jax.jit
+def _corrupted_prefix(prompts, j, value, in_x):
+    """prefix of the prompt with pair j's label (or its whole input, ``in_x``) replaced by ``value``; j, value and
+    in_x are traced, so every example shares one compiled program."""
+    y = jnp.where(in_x, prompts.y, prompts.y.at[:, j].set(value))
+    x = jnp.where(in_x, prompts.x.at[:, j].set(value), prompts.x)
+    return _CAUSAL_MODEL.prefix(prompts._replace(x=x, y=y))
+
+
+@settings(max_examples=12, deadline=None)
+@given(j=st.integers(0, N - 1), value=st.sampled_from([np.nan, np.inf, -np.inf, 3e38, -1e30]), in_x=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_prefix_entries_never_depend_on_later_pairs_whatever_those_hold(j, value, in_x, seed):
+    """Causality for any corrupted pair: entries that predict y_k from pairs < k are exactly the clean ones for
+    every k that pair j cannot reach (k <= j for a label, k < j for an input, which is also entry j's query).
+    A mask that multiplied instead of selecting (0 * NaN) fails this for every j < N - 1."""
+    prompts = _prompts(seed=seed)
+    clean = np.asarray(_CAUSAL_MODEL.prefix(prompts))
+    dirty = np.asarray(_corrupted_prefix(prompts, j, np.float32(value), in_x))
+    reach = j if in_x else j + 1
+    np.testing.assert_array_equal(dirty[:, :reach], clean[:, :reach])
 
 
 def test_plot_attention_maps_draws_every_layer_and_head():
