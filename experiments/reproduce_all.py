@@ -55,6 +55,16 @@ def fmt(value) -> str:
     return str(value)
 
 
+def describe_config(config: dict) -> str:
+    """``key=value`` pairs of a resolved configuration, lists shortened, in one table cell."""
+    def short(v):
+        if isinstance(v, list):
+            return "[" + ", ".join(short(x) for x in v[:6]) + (", ..." if len(v) > 6 else "") + "]"
+        return fmt(v)
+
+    return ", ".join(f"{k}={short(v)}" for k, v in config.items()).replace("|", "/")
+
+
 def render_report(path: Path, sections: list[dict], quick: bool, seconds: float, partial: bool) -> str:
     """The claims table and the figures (only those each run's summary.json lists) as markdown."""
     total = sum(len(s["claims"]) for s in sections)
@@ -75,9 +85,10 @@ def render_report(path: Path, sections: list[dict], quick: bool, seconds: float,
             detail = (c.detail or s["paper"]).replace("|", "/")
             lines.append(f"| {s['name']} | {c.name} | {detail} | {fmt(c.theory)} | {fmt(c.measured)} | "
                          f"{fmt(c.tolerance)} | {'pass' if c.passed else '**FAIL**'} |")
-    lines += ["", "| experiment | run time (s) | output folder |", "|---|---|---|"]
+    lines += ["", "## Configurations", "", "Each experiment's resolved configuration (its `summary.json` holds it in full).", "",
+              "| experiment | configuration | run time (s) | output folder |", "|---|---|---|---|"]
     for s in sections:
-        lines.append(f"| {s['name']} | {s['seconds']:.1f} | `{s['out_dir']}` |")
+        lines.append(f"| {s['name']} | {describe_config(s['config'])} | {s['seconds']:.1f} | `{s['out_dir']}` |")
     lines += ["", "## Figures"]
     for s in sections:
         for name in s["figures"]:
@@ -115,7 +126,8 @@ def main(argv=None) -> list[dict]:
         t0 = time.perf_counter()
         result = load(name).main(flags)
         sections.append({"name": name, "paper": paper, "claims": result["claims"], "out_dir": str(result["out_dir"]),
-                         "figures": result["summary"]["figures"], "seconds": time.perf_counter() - t0})
+                         "figures": result["summary"]["figures"], "config": result["summary"].get("config", {}),
+                         "seconds": time.perf_counter() - t0})
     partial = bool(args.only) and set(args.only) != set(NAMES)
     report = root / ("REPORT-partial.md" if partial else "REPORT.md")
     atomic_write(report, render_report(report, sections, args.quick, time.perf_counter() - start, partial))

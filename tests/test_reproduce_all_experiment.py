@@ -17,6 +17,7 @@ def test_reproduce_all_quick_subset_passes_and_writes_a_partial_report(REPO_ROOT
     assert not (tmp_path / "REPORT.md").exists()
     report = (tmp_path / "REPORT-partial.md").read_text()
     assert "--quick --only one_step_gd gradient_flow" in report and "**FAIL**" not in report
+    assert "## Configurations" in report and "| one_step_gd | d=" in report  # each experiment's configuration
     for name in ("one_step_gd", "gradient_flow"):
         assert (tmp_path / f"{name}-quick" / "summary.json").is_file()
         assert f"({name}-quick/{name}.png)" in report
