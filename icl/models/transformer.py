@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from icl.tasks import Prompts, check_positive_int
+from icl.tasks import Prompts, check_positive_int, check_prompt_shapes
 
 __all__ = ["Transformer", "plot_attention_maps", "set_gd_construction"]
 
@@ -265,18 +265,8 @@ class Transformer(nnx.Module):
         return _compiled(graphdef, state, Prompts(*prompts), what)
 
     def _check(self, prompts: Prompts, what: str = "query") -> None:
-        x, y, x_query = (np.shape(a) for a in (prompts.x, prompts.y, prompts.x_query))
-        if len(x) != 3:
-            raise ValueError(f"prompts.x must have shape [batch, n, d], got {x}")
-        b, n, d = x
-        if d != self.d:
-            raise ValueError(f"d mismatch: prompts have d={d} but the model was built with d={self.d}")
-        if x_query != (b, d):
-            hint = "; flatten several queries with icl.tasks.each_query" if len(x_query) == 3 else ""
-            raise ValueError(f"prompts.x_query must have shape [batch, d] = {(b, d)} (one query per prompt), "
-                             f"got {x_query}{hint}")
-        if y != (b, n):
-            raise ValueError(f"prompts.y must have shape [batch, n] = {(b, n)} (one label per context point), got {y}")
+        _, y = check_prompt_shapes(prompts, who="Transformer", d=self.d)
+        n = np.shape(y)[1]
         extra = int(what == "prefix")  # prefix never reads its last label, so it needs one position less
         if self.positional == "learned" and n > self.max_pairs + extra:
             raise ValueError(f"prompts have n={n} context pairs but the model has learned positions for at most "

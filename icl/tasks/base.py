@@ -198,7 +198,7 @@ def check_prompt_shapes(prompts, *, who: str = "", d: int | None = None, query: 
     if shape(y) != (b, n):
         raise ValueError(f"{prefix}prompts.y must have shape [batch, n] = {(b, n)}, got {shape(y)}")
     if d is not None and dx != d:
-        raise ValueError(f"{prefix}prompts have d={dx} but it was built with d={d}")
+        raise ValueError(f"{prefix}d mismatch: prompts have d={dx} but it was built with d={d}")
     if query and shape(prompts.x_query) != (b, dx):
         several = len(shape(prompts.x_query)) == 3
         extra = " (several queries per prompt: apply icl.tasks.each_query first)" if several else ""
