@@ -1,34 +1,31 @@
 """Garg et al. (2022)'s curves: a GPT-style transformer's error at every context length against every baseline.
 
-A causal ``icl.Transformer`` (interleaved tokens, every-prefix loss, docs/theory.md §10) and, for reference, the
-one-layer linear self-attention (``icl.LinearTransformer``) are trained on three tasks: dense noiseless Gaussian
-linear regression, the same with label noise, and s-sparse linear regression. Their normalised error curves
-(``icl.error_curves``: squared error of prediction k from the first k-1 pairs, divided by the noiseless E[y^2])
-are drawn against Bayes (the posterior mean; ridge with lambda = sigma^2 for the noisy task), least squares
-(minimum norm), averaging, 3-nearest neighbours, Nadaraya-Watson, one GD step and LASSO (sparse task).
+A causal ``icl.Transformer`` (interleaved tokens, every-prefix loss, docs/theory.md §10; ``--seeds`` independent
+runs) and, for reference, the one-layer linear self-attention (``icl.LinearTransformer``) are trained on three
+tasks: dense noiseless Gaussian linear regression, the same with label noise, and s-sparse linear regression.
+Their normalised error curves (squared error of prediction k from the first k-1 pairs, divided by the noiseless
+E[y^2]; m = k-1 context pairs) are drawn against Bayes (the posterior mean; ridge with lambda = sigma^2 for the
+noisy task), least squares (minimum norm), averaging, 3-nearest neighbours, Nadaraya-Watson, one GD step and
+LASSO (sparse task). Every claim about the transformer is judged on each training seed (it passes only when
+every seed does); gaps are paired differences on the same prompts, their SE the paired SE.
 
-Claims, measured gaps reported in each claim's detail:
-- dense noiseless: max over 2 <= k <= n of |err_transformer(k) - err_Bayes(k)| <= 0.1, and at k = 2d the
-  transformer's error is <= 0.1 and at most a third of averaging's and of 3-NN's;
-- noisy: |err_transformer(k) - err_Bayes(k)| <= 0.1 at every 2 <= k <= n;
-- sparse: err_transformer(k) < err_least_squares(k) at every k with 1 <= k - 1 < d.
-
-    python experiments/error_curves.py [--quick | --paper] [--d 5 --n 10 --steps 3000 ...]
-
-``--paper`` is Garg's configuration (d = 20, 41 points, 12 layers, width 256, 8 heads, batch 64, curriculum,
-500k steps) for an accelerator; on this CPU it cannot finish, and a shortened run (``--paper --steps K``)
-says how far it went in its summary.
+Claims (tolerances on the scale of the effect; TODO numbers):
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import numpy as np
 
 import icl
+from icl.evaluate import predict_prefix
 from icl.experiment import (
     Experiment,
     Outcome,
+    convergence_claim,
+    per_seed_claim,
     positive_float,
     positive_int,
     script_main,
@@ -36,28 +33,21 @@ from icl.experiment import (
     train_models,
     upper_bound_claim,
 )
-from icl.io import Claim, ratio_se
+from icl.io import ratio_se
 
 # --- configuration -------------------------------------------------------------------------------------------
-# Measured on the dense task (d=2, n=4, batch 128, snapshots of one run, a loaded 2-core CPU): 2 layers x width 32
-# at lr 1e-2 plateaus at error 0.24 at k = d+1 = 3 after 12k steps (an exact 2x2 solve: ridge with lambda ~ 0.3);
-# 4 layers x width 64 x 4 heads at lr 3e-3 reaches 0.20 / 0.11 / 0.088 at 2k / 3k / 4k steps. At 4000 steps every
-# claim passed but the dense gap was 0.094 +- 0.007 (tolerance 0.1); at 5000 steps: 0.065 +- 0.006 with the batched-
-# matmul attention, 0.084 with the broadcast one (same maths, other float32 rounding; 282 s wall cold). Defaults:
-# 8000 steps, cold and standalone 460 s wall (873 CPU-s): dense gap 0.040, k=2d error 0.023, noisy gap 0.022,
-# sparse margin 0.162.
-# --quick: width 32 (head width 8, where the short prompts' attention runs as a broadcast multiply-and-sum,
-# icl/models/transformer.py) for 6500 steps; cold, standalone: 158 s wall, dense gap 0.055 +- 0.005, k=2d error
-# 0.029, noisy gap 0.026 +- 0.034, sparse margin 0.152 +- 0.044. Width 32 failed the dense claim at 3000 steps
-# (lr 5e-3: 0.117) and 4000 steps (lr 3e-3: 0.126).
-FLAGS = dict(d=2, n=4, steps=8000, batch=128, seeds=1, lr=3e-3, seed=0, eval_prompts=4000)
+FLAGS = dict(d=5, n=11, steps=8000, batch=128, seeds=2, lr=3e-3, seed=0, eval_prompts=20_000)
 OWN = dict(layers=4, width=64, heads=4, noise_std=0.5, sparsity=1, lsa_steps=500, curriculum=False)
-QUICK = dict(width=32, steps=6500, eval_prompts=2000, lsa_steps=300)
+QUICK = dict(d=2, n=4, width=32, steps=6500, seeds=1, eval_prompts=20_000, lsa_steps=300)
 PAPER = dict(d=20, n=40, steps=500_000, batch=64, lr=1e-4, layers=12, width=256, heads=8, curriculum=True,
              eval_prompts=10_000)
-BAYES_GAP = 0.1  # normalised error, dense and noisy tasks
-AT_2D = 0.1  # transformer's normalised error at k = 2d
+REL_BAYES = 0.1  # |err_transformer / err_Bayes - 1| where Bayes's error is not 0
+ZERO_FRACTION = 0.1  # noiseless, k-1 >= d: err_transformer <= ZERO_FRACTION x err_Bayes(k = d) = ZERO_FRACTION / d
 RATIO_2D = 1 / 3  # transformer at k = 2d vs averaging and 3-NN
+SPARSE_MARGIN = 0.1  # sparse, 1 <= k-1 < d: 1 - err_transformer / err_LS
+MC_SE = 4.0  # baselines' Monte Carlo curves vs their exact values, in SE units
+ROUNDING = 1e-5  # noiseless least squares / Bayes at k-1 >= d: exactly 0 but for float32 rounding
+EXACT_DRAWS = 200_000  # float64 draws of X for the exact noisy Bayes curve
 
 
 def add_arguments(p):
@@ -138,88 +128,230 @@ def train_task(args, name: str, task) -> tuple[dict, dict, object]:
     return models, record, result
 
 
-def curves_for(args, name: str, task, models: dict, key) -> dict:
-    """Every predictor's curve on the same prompts; ``"transformer"`` is the mean over the trained seeds.
+# --- the curves -----------------------------------------------------------------------------------------------
 
-    Its SE is the mean of the seeds' SEs: an upper bound on the SE of the seed mean, since the seeds are
-    evaluated on the same prompts (their errors are positively correlated).
+
+@dataclasses.dataclass(frozen=True)
+class _PrefixErrors:
+    """Per prompt: every predictor's squared error at every prefix, and paired differences ``a - b``."""
+
+    names: tuple
+    pairs: tuple
+
+    def __call__(self, preds, prompts):
+        err = {name: (predict_prefix(name, preds[name], prompts) - prompts.y) ** 2 for name in self.names}
+        return {"err": err, "diff": {f"{a}|{b}": err[a] - err[b] for a, b in self.pairs}}
+
+
+def reference_of(name: str) -> str:
+    """The baseline the transformer's curve is judged against: Bayes, or least squares on the sparse task."""
+    return "least_squares" if name == "sparse" else "bayes"
+
+
+def curves_for(args, name: str, task, models: dict, key) -> dict:
+    """Every predictor's normalised curve on the same prompts (common random numbers).
+
+    ``"transformer"`` holds the mean over the seeds (its SE the mean of the seeds' SEs, an upper bound on the SE
+    of the seed mean since the seeds see the same prompts) and ``"per_seed"`` / ``"per_seed_se"``; ``"gaps"``
+    holds, per seed, ``err_seed - err_reference`` with its paired SE (same prompts, so far smaller than the two
+    curves' SEs combined).
     """
     predictors = {**models, **baselines(name, task, args)}
-    curves = icl.error_curves(predictors, task, key, args.n, num_prompts=args.eval_prompts)
-    out = {k: {"mean": np.asarray(c.mean), "se": np.asarray(c.se)} for k, c in curves.items()}
-    seeds = [out.pop(f"transformer_seed{i}") for i in range(args.seeds)]
-    out = {"transformer": {"mean": np.mean([c["mean"] for c in seeds], axis=0),
-                           "se": np.mean([c["se"] for c in seeds], axis=0),
-                           "per_seed": np.stack([c["mean"] for c in seeds])}, **out}
+    seeds = [f"transformer_seed{i}" for i in range(args.seeds)]
+    ref = reference_of(name)
+    stat = _PrefixErrors(tuple(predictors), tuple((s, ref) for s in seeds))
+    mc = icl.monte_carlo(stat, predictors, task, key, args.n, num_prompts=args.eval_prompts,
+                         chunk_size=min(2000, args.eval_prompts))
+    norm = float(task.signal_variance())
+    out = {k: {"mean": np.asarray(mc.mean["err"][k]) / norm, "se": np.asarray(mc.se["err"][k]) / norm}
+           for k in predictors}
+    per = [out.pop(s) for s in seeds]
+    out = {"transformer": {"mean": np.mean([c["mean"] for c in per], axis=0),
+                           "se": np.mean([c["se"] for c in per], axis=0),
+                           "per_seed": np.stack([c["mean"] for c in per]),
+                           "per_seed_se": np.stack([c["se"] for c in per])}, **out}
+    out["gaps"] = {"reference": ref,
+                   "mean": np.stack([np.asarray(mc.mean["diff"][f"{s}|{ref}"]) / norm for s in seeds]),
+                   "se": np.stack([np.asarray(mc.se["diff"][f"{s}|{ref}"]) / norm for s in seeds]),
+                   "num_prompts": int(mc.num_prompts)}
     return out
 
 
-def _gap_detail(curves: dict, ref: str, window: np.ndarray, ks: np.ndarray) -> tuple[float, float, list, str]:
-    """Largest |err_transformer - err_ref| over ``window``: value, its SE, per-seed values, and a description."""
-    tf, other = curves["transformer"], curves[ref]
-    gaps = np.abs(tf["mean"] - other["mean"])[window]
-    se = np.sqrt(tf["se"] ** 2 + other["se"] ** 2)[window]
-    i = int(np.argmax(gaps))
-    worst = int(ks[window][i])
-    per_seed = [float(np.abs(c - other["mean"])[window].max()) for c in tf["per_seed"]]
-    text = (f"largest gap at k={worst}: transformer {tf['mean'][worst - 1]:.4f} ± {tf['se'][worst - 1]:.2g}, "
-            f"{ref} {other['mean'][worst - 1]:.4f} ± {other['se'][worst - 1]:.2g}; gaps per k (from k=2): "
-            f"{np.round(gaps, 4).tolist()}; per-seed max gaps {np.round(per_seed, 4).tolist()}")
-    return float(gaps[i]), float(se[i]), per_seed, text
+def exact_curves(name: str, task, args, seed: int) -> dict:
+    """Closed-form (or float64) normalised curves of least squares and Bayes: ``{name: {mean, se, valid}}``.
 
-
-def claims_for(args, name: str, curves: dict) -> list:
+    m = k-1 context pairs, x ~ N(0, I), w ~ N(0, I) (dense, noisy) or s-sparse (E||w||^2 = s), noise sigma.
+    - noiseless least squares (minimum norm) = Bayes (isotropic prior): the error is E||(I - P_m) w||^2 with
+      P_m the projection onto the span of m Gaussian inputs, (1 - m/d)_+ after normalising (both tasks).
+    - noisy least squares: sigma^2 + E||w_hat - w||^2 = (d - m) + sigma^2 (1 + m/(d - m - 1)) for m < d - 1
+      (E[(X X^T)^{-1}] = I/(d - m - 1)) and sigma^2 (1 + d/(m - d - 1)) for m > d + 1; only where the
+      per-prompt error has a finite variance (m = 0, m <= d - 4, m >= d + 4) does a Monte Carlo SE mean
+      anything, so ``valid`` marks those k.
+    - noisy Bayes: sigma^2 + E tr((X^T X / sigma^2 + I)^{-1}) (the posterior covariance does not depend on y),
+      estimated in float64 from ``EXACT_DRAWS`` draws of X; ``se`` is that estimate's SE.
+    """
     d, n = args.d, args.n
-    tf, tf_se = curves["transformer"]["mean"], curves["transformer"]["se"]
+    m = np.arange(n, dtype=np.float64)
+    zero = np.zeros(n)
+    if name in ("dense", "sparse"):
+        exact = np.clip(1 - m / d, 0.0, None)
+        out = {"least_squares": {"mean": exact, "se": zero, "valid": np.ones(n, bool)}}
+        if name == "dense":
+            out["bayes"] = {"mean": exact.copy(), "se": zero, "valid": np.ones(n, bool)}
+        return out
+    s2 = float(task.noise_std) ** 2
+    ls = np.full(n, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        under = (d - m) + s2 * (1 + m / (d - m - 1))
+        over = s2 * (1 + d / (m - d - 1))
+    ls = np.where(m < d - 1, under, np.where(m > d + 1, over, np.nan)) / d
+    valid = (m == 0) | (m <= d - 4) | (m >= d + 4)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(EXACT_DRAWS, 4_000_000 // (d * d)))
+    sums, sq = np.zeros(n), np.zeros(n)
+    done = 0
+    while done < EXACT_DRAWS:
+        b = min(chunk, EXACT_DRAWS - done)
+        gram = np.zeros((b, d, d))
+        for i in range(n):  # prefix i holds m = i pairs
+            tr = np.sum(1.0 / (np.linalg.eigvalsh(gram) / s2 + 1.0), axis=-1)
+            sums[i] += tr.sum()
+            sq[i] += (tr**2).sum()
+            x = rng.standard_normal((b, d))
+            gram += x[:, :, None] * x[:, None, :]
+        done += b
+    mean = sums / done
+    se = np.sqrt(np.maximum(sq / done - mean**2, 0.0) / (done - 1))
+    return {"least_squares": {"mean": ls, "se": zero, "valid": valid},
+            "bayes": {"mean": (s2 + mean) / d, "se": se / d, "valid": np.ones(n, bool)}}
+
+
+# --- the claims -----------------------------------------------------------------------------------------------
+
+
+def _rounded(v) -> list:
+    return np.round(np.asarray(v, np.float64), 4).tolist()
+
+
+def _relative_gap_claim(name: str, curves: dict, window: np.ndarray, label: str) -> object:
+    """Per seed: max over ``window`` of |err_seed / err_Bayes - 1| (paired gap over the Bayes curve)."""
+    gaps, bayes = curves["gaps"], curves["bayes"]["mean"]
+    ks = np.arange(1, bayes.shape[0] + 1)[window]
+    rel = gaps["mean"][:, window] / bayes[window]
+    rel_se = gaps["se"][:, window] / bayes[window]
+    worst_k = np.argmax(np.abs(rel), axis=1)
+    per_seed = np.abs(rel[np.arange(rel.shape[0]), worst_k])
+    s = int(np.argmax(per_seed))
+    detail = (f"paired gaps (err_transformer - err_Bayes) / err_Bayes per seed over k={ks.tolist()}: "
+              + "; ".join(f"seed {i}: {_rounded(r)}" for i, r in enumerate(rel))
+              + f"; worst seed {s} at k={int(ks[worst_k[s]])}: {rel[s, worst_k[s]]:+.4f} ± "
+              f"{rel_se[s, worst_k[s]]:.2g}; Bayes there {bayes[window][worst_k[s]]:.4f}")
+    return per_seed_claim(f"{name}: max over {label} of |err_transformer / err_Bayes - 1| <= {REL_BAYES:g}",
+                          per_seed, REL_BAYES, None, detail, kind="upper", se=float(rel_se[s, worst_k[s]]))
+
+
+def claims_for(args, name: str, curves: dict, exact: dict) -> list:
+    d, n = args.d, args.n
     ks = np.arange(1, n + 1)
+    m = ks - 1
+    tf = curves["transformer"]
+    per_seed_tf, per_seed_se = tf["per_seed"], tf["per_seed_se"]
     claims = []
-    if name in ("dense", "noisy"):
-        gap, se, per_seed, text = _gap_detail(curves, "bayes", ks >= 2, ks)
-        claims.append(upper_bound_claim(f"{name}: max over 2<=k<=n |err_transformer - err_Bayes| <= {BAYES_GAP}",
-                                        gap, BAYES_GAP, 0.0, text, per_seed=per_seed if args.seeds > 1 else None,
-                                        se=se))
     if name == "dense":
+        claims.append(_relative_gap_claim(name, curves, m < d, "k <= d"))
+        window = m >= d
+        worst = per_seed_tf[:, window].max(axis=1)
+        where = per_seed_tf[:, window].argmax(axis=1)
+        s = int(np.argmax(worst))
+        tol = ZERO_FRACTION / d
+        claims.append(per_seed_claim(
+            f"dense: max over k > d of err_transformer <= {ZERO_FRACTION:g} x err_Bayes(k=d) = {tol:.3g}",
+            worst, tol, None,
+            f"Bayes's error is exactly 0 for k-1 >= d (noiseless), so the bound is absolute, set to "
+            f"{ZERO_FRACTION:g} of Bayes's last non-zero error (1/d at k=d); per seed over k={ks[window].tolist()}: "
+            + "; ".join(f"seed {i}: {_rounded(c[window])}" for i, c in enumerate(per_seed_tf))
+            + f"; worst seed {s} at k={int(ks[window][where[s]])} ± {per_seed_se[s, window][where[s]]:.2g}",
+            kind="upper", se=float(per_seed_se[s, window][where[s]])))
         k2 = 2 * d
-        at = float(tf[k2 - 1])
-        claims.append(upper_bound_claim(f"dense: transformer error at k=2d={k2} <= {AT_2D}", at, AT_2D, 0.0,
-                                        f"transformer {at:.4f} ± {tf_se[k2 - 1]:.2g}; per seed "
-                                        f"{np.round(curves['transformer']['per_seed'][:, k2 - 1], 4).tolist()}",
-                                        se=float(tf_se[k2 - 1])))
         for other in ("averaging", "3-NN"):
             ref, ref_se = float(curves[other]["mean"][k2 - 1]), float(curves[other]["se"][k2 - 1])
-            ratio = at / ref
-            se = ratio_se(at, float(tf_se[k2 - 1]), ref, ref_se)
-            claims.append(upper_bound_claim(
-                f"dense: transformer at k=2d <= {RATIO_2D:.3g} x {other}", ratio, RATIO_2D, None,
-                f"transformer {at:.4f} ± {tf_se[k2 - 1]:.2g}, {other} {ref:.4f} ± {ref_se:.2g} (ratio {ratio:.3f})",
-                se=se))
+            ratios = per_seed_tf[:, k2 - 1] / ref
+            s = int(np.argmax(ratios))
+            se = ratio_se(float(per_seed_tf[s, k2 - 1]), float(per_seed_se[s, k2 - 1]), ref, ref_se)
+            claims.append(per_seed_claim(
+                f"dense: err_transformer / err_{other} at k=2d={k2} <= {RATIO_2D:.3g}", ratios, RATIO_2D, None,
+                f"transformer per seed {_rounded(per_seed_tf[:, k2 - 1])}, {other} {ref:.4f} ± {ref_se:.2g}",
+                kind="upper", se=se))
+    if name == "noisy":
+        claims.append(_relative_gap_claim(name, curves, np.ones(n, bool), "1 <= k <= n"))
     if name == "sparse":
-        ls = curves["least_squares"]
-        window = (ks - 1 >= 1) & (ks - 1 < d)
-        margin = (ls["mean"] - tf)[window]  # > 0: transformer below least squares
-        se = np.sqrt(ls["se"] ** 2 + tf_se ** 2)[window]
-        i = int(np.argmin(margin))
-        worst = int(ks[window][i])
-        per_seed = [float((ls["mean"] - c)[window].min()) for c in curves["transformer"]["per_seed"]]
-        claims.append(Claim(
-            "sparse: transformer below least squares at every k with 1 <= k-1 < d", 0.0, float(margin[i]), 0.0,
-            bool(np.all(margin > 0)),
-            f"smallest margin err_LS - err_transformer = {margin[i]:.4f} ± {se[i]:.2g} at k={worst}; margins per k "
-            f"(k=2..d): {np.round(margin, 4).tolist()}; per-seed smallest margins {np.round(per_seed, 4).tolist()}",
-            seeds=None, se=float(se[i])))
+        window = (m >= 1) & (m < d)
+        gaps, ls = curves["gaps"], curves["least_squares"]["mean"]
+        margin = -gaps["mean"][:, window] / ls[window]  # 1 - err_seed / err_LS
+        margin_se = gaps["se"][:, window] / ls[window]
+        where = margin.argmin(axis=1)
+        per_seed = margin[np.arange(margin.shape[0]), where]
+        s = int(np.argmin(per_seed))
+        claims.append(per_seed_claim(
+            f"sparse: min over 1 <= k-1 < d of 1 - err_transformer / err_least_squares >= {SPARSE_MARGIN:g}",
+            per_seed, SPARSE_MARGIN, None,
+            f"paired margins per seed over k={ks[window].tolist()}: "
+            + "; ".join(f"seed {i}: {_rounded(r)}" for i, r in enumerate(margin))
+            + f"; worst seed {s} at k={int(ks[window][where[s]])}: {per_seed[s]:.4f} ± {margin_se[s, where[s]]:.2g}",
+            kind="lower", se=float(margin_se[s, where[s]])))
+    claims += baseline_claims(name, curves, exact, d)
     return claims
 
 
-def plot(results: dict, args):
+def baseline_claims(name: str, curves: dict, exact: dict, d: int) -> list:
+    """The baselines' Monte Carlo curves against their exact values: in SE units where the exact error is not 0,
+    and below float32 rounding where it is exactly 0 (noiseless, k-1 >= d)."""
+    rows, zeros = [], []
+    for base, ex in exact.items():
+        mc = curves[base]
+        for i in np.flatnonzero(ex["valid"]):
+            if ex["mean"][i] == 0.0:
+                zeros.append((base, i + 1, float(mc["mean"][i])))
+            else:
+                se = float(np.hypot(mc["se"][i], ex["se"][i]))
+                rows.append((base, i + 1, (float(mc["mean"][i]) - float(ex["mean"][i])) / se, float(mc["mean"][i]),
+                             float(ex["mean"][i]), se))
+    claims = []
+    z = np.array([abs(r[2]) for r in rows])
+    w = rows[int(np.argmax(z))]
+    claims.append(upper_bound_claim(
+        f"{name}: baselines' Monte Carlo curves within {MC_SE:g} SE of their exact values (max |MC - exact| / SE)",
+        float(z.max()), MC_SE, 0.0,
+        f"{len(rows)} (baseline, k) pairs ({', '.join(sorted(exact))}); z per pair: "
+        + ", ".join(f"{b} k={k}: {v:+.2f}" for b, k, v, *_ in rows)
+        + f"; worst {w[0]} at k={w[1]}: MC {w[3]:.5f} vs exact {w[4]:.5f} (SE {w[5]:.2g}); largest SE over "
+          f"pairs relative to the exact value {max(r[5] / abs(r[4]) for r in rows):.2%}", se=None))
+    if zeros:
+        worst = max(zeros, key=lambda r: abs(r[2]))
+        claims.append(upper_bound_claim(
+            f"{name}: noiseless least squares{' and Bayes' if 'bayes' in exact else ''} error at k > d "
+            f"<= {ROUNDING:g} (exactly 0 but for float32 rounding)", abs(worst[2]), ROUNDING, 0.0,
+            f"largest: {worst[0]} at k={worst[1]}: {worst[2]:.3g}; per (baseline, k): "
+            + ", ".join(f"{b} k={k}: {v:.2g}" for b, k, v in zeros)))
+    return claims
+
+
+# --- the figure and the run -----------------------------------------------------------------------------------
+
+
+def plot(results: dict, exact: dict, args):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
+    ks = np.arange(1, args.n + 1)
     for ax, (name, curves) in zip(axes[0], results.items()):
-        ks = np.arange(1, args.n + 1)
-        for i, (label, c) in enumerate(curves.items()):  # "transformer" is the mean over seeds
+        for i, (label, c) in enumerate((k, v) for k, v in curves.items() if k != "gaps"):
             style = dict(lw=2.2, color="k") if label == "transformer" else dict(lw=1.2, color=f"C{i}")
-            ax.plot(ks, c["mean"], label=label, **style)
+            ax.plot(ks, c["mean"], label=label + (" (mean of seeds)" if label == "transformer" else ""), **style)
             ax.fill_between(ks, c["mean"] - 2 * c["se"], c["mean"] + 2 * c["se"], alpha=0.2, color=style["color"])
+        for base, ex in exact[name].items():
+            ax.plot(ks, np.where(np.isfinite(ex["mean"]), ex["mean"], np.nan), ls="--", lw=0.9, color="grey")
+        ax.plot([], [], ls="--", lw=0.9, color="grey", label="exact LS / Bayes")
         ax.axvline(args.d + 1, color="grey", ls=":", lw=1)
         ax.set_ylim(-0.05, 1.6)
         ax.set_xlabel("k (prediction from the first k-1 pairs)")
@@ -233,19 +365,24 @@ def plot(results: dict, args):
 
 def run(args) -> Outcome:
     keys = jax.random.split(jax.random.key(args.seed + 10_000), 3)
-    results, runs, claims = {}, [], []
+    results, exacts, runs, claims = {}, {}, [], []
     last = None
-    for key, (name, task) in zip(keys, tasks(args).items()):
+    for i, (key, (name, task)) in enumerate(zip(keys, tasks(args).items())):
         models, record, result = train_task(args, name, task)
         last = result
+        conv_claims, report = convergence_claim(f"transformer, {name} task", result)
         curves = curves_for(args, name, task, models, key)
-        results[name] = curves
-        task_claims = claims_for(args, name, curves)
-        claims += task_claims
+        exact = exact_curves(name, task, args, args.seed + 20_000 + i)
+        results[name], exacts[name] = curves, exact
+        claims += claims_for(args, name, curves, exact)
+        claims.extend(conv_claims)
         picks = sorted({1, max(1, args.d // 2), args.d, 2 * args.d})
-        record.update(task=name, curves=curves, at_k={k: {p: float(c["mean"][k - 1]) for p, c in curves.items()}
-                                                      for k in picks},
-                      at_k_se={k: {p: float(c["se"][k - 1]) for p, c in curves.items()} for k in picks})
+        plain = {p: c for p, c in curves.items() if p != "gaps"}
+        exact_record = {b: {"mean": [float(v) if ok else None for v, ok in zip(e["mean"], e["valid"])],
+                            "se": e["se"]} for b, e in exact.items()}
+        record.update(task=name, curves=plain, gaps=curves["gaps"], exact=exact_record, convergence=report,
+                      at_k={k: {p: float(c["mean"][k - 1]) for p, c in plain.items()} for k in picks},
+                      at_k_se={k: {p: float(c["se"][k - 1]) for p, c in plain.items()} for k in picks})
         runs.append(record)
         print(f"{name}: trained in {record['transformer_train_seconds']:.0f}s (+ LSA {record['lsa_train_seconds']:.0f}s);"
               + "".join(f" k={k}: tf {record['at_k'][k]['transformer']:.3f} LS {record['at_k'][k]['least_squares']:.3f};"
@@ -253,7 +390,7 @@ def run(args) -> Outcome:
     extra = {}
     if args.steps < PAPER["steps"] and args.d == PAPER["d"] and args.layers == PAPER["layers"]:
         extra["paper_progress"] = f"{last.losses.shape[1]} of {PAPER['steps']} steps of Garg's schedule"
-    return Outcome(claims, runs, {"error_curves.png": lambda: plot(results, args)}, extra)
+    return Outcome(claims, runs, {"error_curves.png": lambda: plot(results, exacts, args)}, extra)
 
 
 SPEC = Experiment("error_curves", __doc__.splitlines()[0], FLAGS, run, add_arguments=add_arguments, validate=validate,

@@ -3,9 +3,11 @@
 Mahankali, Hashimoto & Ma (2023), Theorem 1: on x ~ N(0, I), w ~ N(0, I), y = w^T x + N(0, sigma^2),
 the pretraining-loss minimiser of one linear self-attention layer predicts x_q^T (eta* I) h with
 eta* = n / (n + d + 1 + sigma^2) and risk R* = d (d + 1 + sigma^2) / (n + d + 1 + sigma^2) + sigma^2
-(docs/theory.md §3). All noise levels train as one compiled sweep; the evaluation compares every seed with
-GD at eta* on the same fresh prompts (a paired difference, whose standard error is far below that of either
-loss), so a few ten thousand prompts settle the 2% loss claim.
+(docs/theory.md §3). All noise levels train as one compiled sweep. Every claim about a trained quantity is
+judged per seed: each seed's learned step size must be within 3% of eta*, and each seed's own Monte Carlo
+loss (200,000 fresh prompts, SE about 0.5% of R*) within 2% of R*. The closed form R* is checked on its own
+against GD at eta* on the same prompts (4 SE), and each seed's paired difference to GD at eta* is reported
+beside its loss.
 
     python experiments/one_step_gd.py [--quick] [--d 5 --n 10 --noise 0 0.5 1 --seeds 4 ...]
 """
@@ -22,6 +24,7 @@ from icl.experiment import (
     convergence_claim,
     final_train_loss,
     gamma_eff,
+    per_seed_claim,
     relative_claim,
     script_main,
     seed_losses,
@@ -32,7 +35,7 @@ from icl.experiment import (
 
 # --- configuration -------------------------------------------------------------------------------------------
 FLAGS = dict(d=5, n=10, noise=[0.0, 0.5, 1.0], steps=500, batch=512, seeds=4, lr=1e-2, seed=0, init_scale=0.01,
-             init_diag=0.0, eval_prompts=40_000)
+             init_diag=0.0, eval_prompts=200_000)
 QUICK = dict(seeds=2)
 ETA_TOL = 0.03  # relative, learned step vs eta*
 LOSS_TOL = 0.02  # relative, LSA loss vs R*
@@ -66,8 +69,7 @@ def analyse(args, noise: float, result, key) -> tuple[dict, list]:
     diffs = np.array([comparison.pairs[(k, "gd_optimal")]["loss_diff"] for k in lsa])
     diff_ses = np.array([comparison.pairs[(k, "gd_optimal")]["loss_diff_se"] for k in lsa])
     gd_loss, gd_se = comparison.losses["gd_optimal"]
-    paired = risk_star + diffs  # control variate: E[loss_GD(eta*)] = R* exactly (checked by the MC claim below)
-    claim, report = convergence_claim(f"sigma={noise:g}", result)
+    conv, report = convergence_claim(f"sigma={noise:g}", result)
     run = {
         "noise": noise,
         "eta_theory": eta_star,
@@ -83,25 +85,23 @@ def analyse(args, noise: float, result, key) -> tuple[dict, list]:
         "lsa_loss_per_seed": direct["per_seed"],
         "lsa_loss_seed_std": direct["std"],
         "lsa_minus_gd_per_seed": diffs, "lsa_minus_gd_se_per_seed": diff_ses,
-        "lsa_loss_paired_per_seed": paired,
         "eval_prompts": comparison.num_prompts,
         "final_train_loss": final_train_loss(result),
         "convergence": report,
         "train_seconds": result.seconds,
     }
     claims = [
-        relative_claim(f"eta_learned within 3% of eta* (sigma={noise:g})", eta_star, run["eta_learned_mean"], ETA_TOL,
-                       "Mahankali et al. 2023 Thm 1: eta* = n/(n+d+1+sigma^2); measured: mean diagonal of Gamma_eff, "
-                       f"mean over {etas.size} seeds", per_seed=etas),
-        relative_claim(f"LSA loss within 2% of R* (sigma={noise:g})", risk_star, float(paired.mean()), LOSS_TOL,
-                       f"Mahankali et al. 2023 Thm 1 risk; measured: R* + (LSA - GD at eta*) paired on "
-                       f"{comparison.num_prompts} fresh prompts (largest paired SE {diff_ses.max():.2g}); direct "
-                       f"Monte Carlo LSA loss {direct['mean']:.4g} ± {direct['se']:.2g}", per_seed=paired,
-                       se=float(diff_ses.max())),
+        per_seed_claim(f"eta_learned within 3% of eta* (every seed, sigma={noise:g})", etas, ETA_TOL, eta_star,
+                       "Mahankali et al. 2023 Thm 1: eta* = n/(n+d+1+sigma^2); measured: mean diagonal of Gamma_eff"),
+        per_seed_claim(f"LSA loss within 2% of R* (every seed, sigma={noise:g})", direct["per_seed"], LOSS_TOL,
+                       risk_star, f"Mahankali et al. 2023 Thm 1 risk; measured: each seed's Monte Carlo loss on "
+                       f"{comparison.num_prompts} fresh prompts (largest SE {direct['se']:.2g}); paired LSA - GD at "
+                       f"eta* per seed {', '.join(f'{x:+.2g}' for x in diffs)} (largest SE {diff_ses.max():.2g})",
+                       se=direct["se"]),
         relative_claim(f"GD at eta*: Monte Carlo loss = R* within {MC_SE:g} SE (sigma={noise:g})", risk_star, gd_loss,
-                       MC_SE * gd_se / risk_star, f"the closed form the paired estimate uses; MC SE {gd_se:.2g}",
+                       MC_SE * gd_se / risk_star, f"the closed form R*, checked on the same prompts; MC SE {gd_se:.2g}",
                        se=gd_se),
-        claim,
+        *conv,
     ]
     return run, claims
 
@@ -119,7 +119,7 @@ def run(args) -> Outcome:
         claims += c
         print(f"sigma={r['noise']:g}: eta learned {r['eta_learned_mean']:.4f} ± {r['eta_learned_std']:.4f} vs eta* "
               f"{r['eta_theory']:.4f}; loss LSA {r['loss']['lsa']:.4f} "
-              f"(paired {np.mean(r['lsa_loss_paired_per_seed']):.4f})"
+              f"(paired with GD*: {np.mean(r['lsa_minus_gd_per_seed']):+.4f})"
               f" vs R* {r['risk_theory']:.4f} (GD* {r['loss']['gd_optimal']:.4f}, Bayes {r['loss']['bayes']:.4f}, "
               f"OLS {r['loss']['ols']:.4f})")
     sigma = np.linspace(0, max(max(args.noise), 1.0) * 1.1, 100)

@@ -5,7 +5,9 @@ Thm 4.1: for x ~ N(0, Sigma), w ~ N(0, Omega), the optimal one-layer LSA predict
 Gamma* = Omega Sigma E[hh^T]^{-1} (docs/theory.md §3). With Omega = Sigma^{-1} ("inverse" prior) this is
 n/(n + d + 1 + sigma^2) Sigma^{-1}: GD preconditioned by Sigma^{-1}; with Omega = I it is
 [(1 + 1/n) Sigma + (tr Sigma + sigma^2)/n I]^{-1}. Every (prior, noise) pair trains in one compiled sweep;
-d is the number of --x-cov-eigs.
+d is the number of --x-cov-eigs. Every claim about a trained quantity is judged per seed; each seed's loss is
+its own Monte Carlo loss on 400,000 fresh prompts (SE about 0.5% of R*), and the closed form R* is checked on
+its own against GD preconditioned by Gamma* on the same prompts.
 
     python experiments/preconditioned_gd.py [--quick] [--x-cov-eigs 4 1 0.25 --w-prior isotropic inverse ...]
 """
@@ -22,7 +24,7 @@ from icl.experiment import (
     convergence_claim,
     final_train_loss,
     gamma_eff,
-    lower_bound_claim,
+    per_seed_claim,
     positive_float,
     relative_claim,
     script_main,
@@ -30,12 +32,11 @@ from icl.experiment import (
     step_sizes,
     train_config,
     train_grid,
-    upper_bound_claim,
 )
 
 # --- configuration -------------------------------------------------------------------------------------------
 FLAGS = dict(n=20, noise=[0.0], steps=2000, batch=512, seeds=4, lr=1e-2, seed=0, init_scale=0.01, init_diag=0.3,
-             eval_prompts=40_000)
+             eval_prompts=400_000)
 QUICK = dict(seeds=2, steps=1500)
 GAMMA_TOL = 0.03  # relative Frobenius error of Gamma_eff vs Gamma*
 LOSS_TOL = 0.02
@@ -87,7 +88,6 @@ def analyse(args, w_prior: str, noise: float, result, key) -> tuple[dict, list]:
     direct = seed_losses(comparison, list(lsa))
     diffs = np.array([comparison.pairs[(k, ref)]["loss_diff"] for k in lsa])
     diff_ses = np.array([comparison.pairs[(k, ref)]["loss_diff_se"] for k in lsa])
-    paired = risk_star + diffs
     ref_loss, ref_se = comparison.losses[ref]
     rel_errs = np.linalg.norm(gammas - gamma_star, axis=(-2, -1)) / np.linalg.norm(gamma_star)
     whitened = np.einsum("ij,sjk,kl->sil", root, gammas, root)
@@ -105,29 +105,28 @@ def analyse(args, w_prior: str, noise: float, result, key) -> tuple[dict, list]:
         "loss": {"lsa": direct["mean"], **{k: comparison.losses[k][0] for k in predictors if k not in lsa}},
         "loss_se": {"lsa": direct["se"], **{k: comparison.losses[k][1] for k in predictors if k not in lsa}},
         "lsa_loss_per_seed": direct["per_seed"], "lsa_loss_seed_std": direct["std"],
-        "lsa_minus_gd_per_seed": diffs, "lsa_minus_gd_se_per_seed": diff_ses, "lsa_loss_paired_per_seed": paired,
+        "lsa_minus_gd_per_seed": diffs, "lsa_minus_gd_se_per_seed": diff_ses,
         "eval_prompts": comparison.num_prompts, "final_train_loss": final_train_loss(result), "convergence": report,
         "train_seconds": result.seconds,
     }
     claims = [
-        upper_bound_claim(f"Gamma_eff within 3% of Gamma* (rel. Frobenius, worst seed, {tag})", float(rel_errs.max()),
-                          GAMMA_TOL, detail="Mahankali Thm 2 / Ahn Thm 1: Gamma* = Omega Sigma E[hh^T]^-1",
-                          per_seed=rel_errs),
-        relative_claim(f"LSA loss within 2% of R* ({tag})", risk_star, float(paired.mean()), LOSS_TOL,
-                       f"R* = tr(Sigma Omega) + sigma^2 - tr(Gamma* Sigma Omega Sigma); measured: R* + (LSA - GD "
-                       f"preconditioned by Gamma*) paired on {comparison.num_prompts} prompts; direct MC LSA loss "
-                       f"{direct['mean']:.4g} ± {direct['se']:.2g}", per_seed=paired, se=float(diff_ses.max())),
+        per_seed_claim(f"Gamma_eff within 3% of Gamma* (rel. Frobenius, every seed, {tag})", rel_errs, GAMMA_TOL,
+                       detail="Mahankali Thm 2 / Ahn Thm 1: Gamma* = Omega Sigma E[hh^T]^-1", kind="upper"),
+        per_seed_claim(f"LSA loss within 2% of R* (every seed, {tag})", direct["per_seed"], LOSS_TOL, risk_star,
+                       f"R* = tr(Sigma Omega) + sigma^2 - tr(Gamma* Sigma Omega Sigma); measured: each seed's Monte "
+                       f"Carlo loss on {comparison.num_prompts} prompts (largest SE {direct['se']:.2g}); paired LSA - "
+                       f"GD preconditioned by Gamma* per seed {', '.join(f'{x:+.2g}' for x in diffs)}",
+                       se=direct["se"]),
         relative_claim(f"GD preconditioned by Gamma*: Monte Carlo loss = R* within {MC_SE:g} SE ({tag})", risk_star,
-                       ref_loss, MC_SE * ref_se / risk_star, f"MC SE {ref_se:.2g}", se=ref_se),
-        conv,
+                       ref_loss, MC_SE * ref_se / risk_star, f"the closed form R*; MC SE {ref_se:.2g}", se=ref_se),
+        *conv,
     ]
     if w_prior == "inverse":
         claims += [
-            upper_bound_claim(f"Dist(Sigma^1/2 Gamma_eff Sigma^1/2, I) small (worst seed, {tag})", float(dist_w.max()),
-                              DIST_TOL, detail="Mahankali Thm 2: Gamma* is a multiple of Sigma^-1", per_seed=dist_w),
-            lower_bound_claim(f"Dist(Gamma_eff, I) not small (worst seed, {tag})", float(dist_raw.min()), NOT_GD,
-                              detail="the learned preconditioner is not plain GD: Dist(Gamma_eff, I) >= 0.1",
-                              per_seed=dist_raw),
+            per_seed_claim(f"Dist(Sigma^1/2 Gamma_eff Sigma^1/2, I) small (every seed, {tag})", dist_w, DIST_TOL,
+                           detail="Mahankali Thm 2: Gamma* is a multiple of Sigma^-1", kind="upper"),
+            per_seed_claim(f"Dist(Gamma_eff, I) not small (every seed, {tag})", dist_raw, NOT_GD,
+                           detail="the learned preconditioner is not plain GD: Dist(Gamma_eff, I) >= 0.1", kind="lower"),
         ]
     return run, claims
 
@@ -166,7 +165,7 @@ def run(args) -> Outcome:
         runs.append(r)
         claims += c
         print(f"{r['w_prior']} prior, sigma={r['noise']:g}: rel. error of Gamma_eff {r['gamma_rel_error']:.4f}; "
-              f"loss LSA {r['loss']['lsa']:.4f} (paired {np.mean(r['lsa_loss_paired_per_seed']):.4f}) vs R* "
+              f"loss LSA {r['loss']['lsa']:.4f} (paired with GD*: {np.mean(r['lsa_minus_gd_per_seed']):+.4f}) vs R* "
               f"{r['risk_theory']:.4f}")
     return Outcome(claims, runs, {"preconditioned_gd.png": lambda: plot(runs)})
 

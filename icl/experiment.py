@@ -38,6 +38,7 @@ from icl.io import (
     Claim,
     config_hash,
     lower_bound_claim,
+    per_seed_claim,
     provenance,
     relative_claim,
     seed_spread,
@@ -62,6 +63,7 @@ __all__ = [
     "seed_losses",
     "print_claims",
     "Claim",
+    "per_seed_claim",
     "relative_claim",
     "upper_bound_claim",
     "lower_bound_claim",
@@ -397,22 +399,31 @@ def convergence(result) -> dict:
     return convergence_report(result)
 
 
-def convergence_claim(label: str, result) -> tuple[Claim, dict]:
-    """A claim that training finished: the loss no longer falls over the last tenth and the seeds agree.
+def convergence_claim(label: str, result) -> tuple[list[Claim], dict]:
+    """Claims that training finished, one number each: the loss no longer falls, and (two or more seeds) the
+    seeds agree.
 
-    Returns ``(claim, report)``; the measured value is the largest relative drop of a seed's loss over the
-    last tenth of training (a fitted line), which must stay below 2% and be within noise.
+    Returns ``(claims, report)``. The first claim's measured value is the largest relative drop of a seed's
+    loss over the last tenth of training (a fitted line) minus 3 standard errors, the drop the data
+    establish; the second's is the largest relative gap between two seeds' mean losses over that window minus
+    3 standard errors. Each must stay at or below 2% (:func:`icl.convergence_report`).
     """
     report = convergence(result)
-    drop = float(np.max(report["relative_drop"]))
-    detail = ("icl.training.convergence_report: " + ("; ".join(report["reasons"]) if report["reasons"] else
-              f"loss flat over the last {report['window']} steps and seeds agree"))
-    detail += ("; measured: the largest relative drop of a seed's loss over the window (a fitted line); training "
-               "counts as unfinished when a drop exceeds the 2% tolerance AND its slope is more than 3 standard errors "
-               "below 0, or when two seeds' window means differ by more than 3 SE and 2%")
-    claim = Claim(f"{label}: training converged (loss flat over the last tenth, seeds agree)", None, drop, 0.02,
-                  bool(report["converged"]), detail, seeds=seed_spread(report["window_mean"]))
-    return claim, report
+    drops = ", ".join(f"{100 * m:.2f}% ± {100 * s:.2f}%" for m, s in zip(report["relative_drop"],
+                                                                     report["relative_drop_se"]))
+    reasons = "; ".join(report["reasons"])
+    claims = [Claim(f"{label}: training converged (loss drop over the last tenth, less 3 SE, <= 2%)", None,
+                    report["excess_drop"], report["rtol"], not report["still_falling"],
+                    f"icl.convergence_report over the last {report['window']} steps; relative drop per seed "
+                    f"{drops}" + (f"; {reasons}" if report["still_falling"] else ""),
+                    seeds=seed_spread(report["relative_drop"]))]
+    if report["excess_gap"] is not None:
+        claims.append(Claim(f"{label}: seeds agree (largest relative gap of window losses, less 3 SE, <= 2%)", None,
+                            report["excess_gap"], report["rtol"], not report["seeds_disagree"],
+                            f"window mean loss per seed {', '.join(f'{m:.4g}' for m in report['window_mean'])}"
+                            + (f"; {reasons}" if report["seeds_disagree"] else ""),
+                            seeds=seed_spread(report["window_mean"])))
+    return claims, report
 
 
 def seed_losses(comparison, names: Sequence[str]) -> dict:

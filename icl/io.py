@@ -35,7 +35,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-__all__ = ["Claim", "seed_spread", "relative_claim", "upper_bound_claim", "lower_bound_claim", "ratio_se",
+__all__ = ["Claim", "seed_spread", "relative_claim", "per_seed_claim", "upper_bound_claim", "lower_bound_claim", "ratio_se",
            "to_jsonable", "nonfinite_paths", "provenance", "config_hash", "atomic_write", "write_run",
            "remove_stale_temporaries"]
 
@@ -101,6 +101,48 @@ def upper_bound_claim(name: str, measured: float, bound: float, theory: float | 
     """Passes when ``measured <= bound`` (e.g. a distance that theory says is 0)."""
     return _claim(name, theory, measured, bound, float(measured) <= bound, detail or f"must be <= {bound:g}",
                   per_seed, se)
+
+
+def per_seed_claim(name: str, per_seed, tolerance: float, theory: float | None = None, detail: str = "", *,
+                   kind: str = "relative", se: float | None = None) -> Claim:
+    """A claim judged on every training seed: it passes only when each seed passes.
+
+    ``kind`` says how one seed's value ``v`` is judged: ``"relative"`` (``|v - theory| <= tolerance |theory|``),
+    ``"upper"`` (``v <= tolerance``) or ``"lower"`` (``v >= tolerance``). ``measured`` is the worst seed's
+    value (farthest from ``theory``, largest, or smallest), so the number shown is the one that decides, and it
+    sits on the stated side of the tolerance exactly when the claim passes. The detail lists every seed and
+    their spread; with two or more seeds all on one side of ``theory`` and a mean offset larger than twice the
+    seeds' standard deviation, it says the offset is systematic (a finding to explain, not noise).
+    """
+    if kind not in ("relative", "upper", "lower"):
+        raise ValueError(f"kind must be 'relative', 'upper' or 'lower', got {kind!r}")
+    if kind == "relative" and theory is None:
+        raise ValueError("theory is required for kind='relative'")
+    v = np.asarray(per_seed, np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("per_seed must hold at least one value")
+    if np.isnan(v).any():  # a NaN seed decides the claim: it fails, and the NaN is what it shows
+        worst = float("nan")
+    elif kind == "relative":
+        worst = float(v[np.argmax(np.abs(v - theory))])
+    else:
+        worst = float(v.max() if kind == "upper" else v.min())
+    passed = math.isfinite(worst) and (
+        abs(worst - theory) <= tolerance * abs(theory) if kind == "relative"
+        else worst <= tolerance if kind == "upper" else worst >= tolerance)
+    spread = seed_spread(v)
+    text = f"every seed must pass ({v.size} seed{'s' if v.size > 1 else ''}: {', '.join(f'{x:.4g}' for x in v)}"
+    text += f"; std {spread['std']:.2g})" if v.size > 1 else ")"
+    if theory is not None and v.size > 1 and np.all(np.isfinite(v)):
+        offset = spread["mean"] - theory
+        if (np.all(v > theory) or np.all(v < theory)) and abs(offset) > 2 * spread["std"]:
+            rel = f" ({100 * offset / abs(theory):+.2f}%)" if theory else ""
+            text += (f"; systematic offset: all {v.size} seeds {'above' if offset > 0 else 'below'} theory, mean "
+                     f"offset {offset:+.3g}{rel}, more than twice the seeds' spread")
+            spread["systematic_offset"] = float(offset)
+    claim = Claim(name, None if theory is None else float(theory), worst, float(tolerance), passed,
+                  f"{detail}; {text}" if detail else text, spread, None if se is None else float(se))
+    return claim
 
 
 def ratio_se(num: float, num_se: float, den: float, den_se: float) -> float:

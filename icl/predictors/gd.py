@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl.pytree import pytree_dataclass, static_field
 from icl.predictors.base import (
     JittedPredictor,
     as_leaf,
@@ -23,11 +22,12 @@ from icl.predictors.base import (
     check_prompts,
     context_moments,
     is_concrete,
-    prefix_context_moments,
     predictor_name,
+    prefix_context_moments,
     prefix_counts,
     shifted_cumsum,
 )
+from icl.pytree import pytree_dataclass, static_field
 
 __all__ = [
     "GradientDescent",
