@@ -137,8 +137,8 @@ def run_depth(args, task, num_layers: int, key, baselines: dict) -> tuple[dict, 
                              "train_seconds": full.seconds, "lr": args.full_lr}
 
     tag = f"L={num_layers}"
-    claims = [per_seed_claim(f"{tag}: max_l Dist(Sigma^1/2 A_l Sigma^1/2, I) (every seed)", dists.max(axis=1), DIST_BOUND,
-                             0.0, "Ahn et al. 2023 Thm 3: A_l = a_l Sigma^-1; worst layer", kind="upper")]
+    claims = [per_seed_claim(f"{tag}: max_l Dist(Sigma^1/2 A_l Sigma^1/2, I) (every seed)", dists.max(axis=1),
+                             DIST_BOUND, 0.0, "Ahn et al. 2023 Thm 3: A_l = a_l Sigma^-1; worst layer", kind="upper")]
     for j in range(num_layers):
         claims.append(per_seed_claim(
             f"{tag}: sorted step a_({j + 1}) vs optimal {num_layers}-step GD (every seed)", a_sorted[:, j], STEP_TOL,

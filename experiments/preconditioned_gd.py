@@ -126,7 +126,8 @@ def analyse(args, w_prior: str, noise: float, result, key) -> tuple[dict, list]:
             per_seed_claim(f"Dist(Sigma^1/2 Gamma_eff Sigma^1/2, I) small (every seed, {tag})", dist_w, DIST_TOL,
                            detail="Mahankali Thm 2: Gamma* is a multiple of Sigma^-1", kind="upper"),
             per_seed_claim(f"Dist(Gamma_eff, I) not small (every seed, {tag})", dist_raw, NOT_GD,
-                           detail="the learned preconditioner is not plain GD: Dist(Gamma_eff, I) >= 0.1", kind="lower"),
+                           detail="the learned preconditioner is not plain GD: Dist(Gamma_eff, I) >= 0.1",
+                           kind="lower"),
         ]
     return run, claims
 

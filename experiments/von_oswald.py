@@ -171,7 +171,8 @@ def run(args) -> Outcome:
                                                      ("gap", "reference_abs", "cosine", "sensitivity_diff")},
                            "half_mse": 0.5 * along["sq_error"], "metric_prompts": args.metric_prompts},
         "interpolation": interp, "input_scale": scale,
-        "input_scale_max_abs_ratio_minus_1_per_seed": [c["max_abs_ratio_minus_1"] for c in scales], "final_train_loss": final_train_loss(result),
+        "input_scale_max_abs_ratio_minus_1_per_seed": [c["max_abs_ratio_minus_1"] for c in scales],
+        "final_train_loss": final_train_loss(result),
         "convergence": report, "train_seconds": result.seconds,
     }
     rel_diffs = np.abs(diffs) / gd_half

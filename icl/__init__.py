@@ -9,191 +9,54 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from icl.checkpoint import (
-    CheckpointCorruptError,
-    CheckpointDir,
-    ResumeMismatchError,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    verify_checkpoint,
-)
-from icl.evaluate import (
-    Comparison,
-    ErrorCurve,
-    MonteCarlo,
-    compare_predictors,
-    compare_with_reference,
-    error_curve,
-    error_curves,
-    evaluate_across_tasks,
-    interpolate,
-    interpolation_losses,
-    mean_se,
-    monte_carlo,
-    predict,
-    predict_prefix,
-    prediction_gap,
-    query_marginal_loss,
-    reference_metrics,
-    sensitivities,
-    sensitivity_cosine,
-    snapshot_metrics,
-)
-from icl.fingerprint import FAMILIES, Fingerprint, fingerprint, implicit_weights, plot_fingerprint
-from icl.io import (
-    Claim,
-    atomic_write,
-    config_hash,
-    lower_bound_claim,
-    nonfinite_paths,
-    per_seed_claim,
-    provenance,
-    ratio_se,
-    relative_claim,
-    remove_stale_temporaries,
-    to_jsonable,
-    upper_bound_claim,
-    write_run,
-)
-from icl.models import (
-    LinearSelfAttention,
-    LinearTransformer,
-    SparseLinearTransformer,
-    SparseLSALayer,
-    Transformer,
-    align_gauge,
-    dist_to_identity,
-    gd_lsa_weights,
-    implied_preconditioner,
-    layer_preconditioners,
-    lsa_blocks,
-    lsa_from_parameters,
-    plot_attention_maps,
-    prompt_tokens,
-    relative_error,
-    residual_terms,
-    set_gd_construction,
-    whiten_preconditioner,
-)
-from icl.predictors import (
-    Averaging,
-    BayesPosteriorMean,
-    BayesPredictive,
-    DiscreteMMSE,
-    DiscreteMMSEPredictive,
-    GDPlusPlus,
-    GradientDescent,
-    KNearestNeighbours,
-    Lasso,
-    LeastSquares,
-    LinearPredictor,
-    NadarayaWatson,
-    Predictor,
-    Ridge,
-    averaging,
-    bayes_posterior_mean,
-    bayes_predictive,
-    dmmse,
-    gd_plus_plus,
-    gd_plus_plus_weights,
-    gd_weights,
-    gradient_descent,
-    knn,
-    lasso,
-    lasso_weights,
-    least_squares,
-    least_squares_weights,
-    linear_predictor,
-    nadaraya_watson,
-    posterior,
-    predictive_variance,
-    recursive_least_squares_weights,
-    ridge,
-    ridge_weights,
-)
-from icl.probes import PROBE_TARGETS, ProbeResult, hidden_states, probe
-from icl.protocol import Model, check_output, has_prefix, predictor_name, returns_variance
-from icl.pytree import pytree_dataclass, static_field
-from icl.sweeps import SweepResult, check_grid_keys, grid_points, run_sharding, sweep
+from icl.pytree import (
+    pytree_dataclass, static_field)
+from icl.protocol import (
+    Model, returns_variance, has_prefix, predictor_name, check_output)
 from icl.tasks import (
-    LINKS,
-    FiniteTaskPool,
-    GaussianLaw,
-    IIDLaw,
-    IllConditionedWarning,
-    LinearRegressionTask,
-    Prompts,
-    ReluNetworkTask,
-    SingleIndexTask,
-    SparseLinearTask,
-    TargetLaw,
-    Task,
-    UniformLinearTask,
-    check_non_negative,
-    check_positive,
-    check_positive_int,
-    check_prompts,
-    check_spd,
-    each_query,
-    random_rotation,
-    uniform_moments,
-    weight_prior,
-)
+    LINKS, FiniteTaskPool, GaussianLaw, IIDLaw, IllConditionedWarning, LinearRegressionTask, Prompts, ReluNetworkTask,
+    SingleIndexTask, SparseLinearTask, TargetLaw, Task, UniformLinearTask, check_non_negative, check_positive,
+    check_positive_int, check_prompts, check_spd, each_query, random_rotation, uniform_moments, weight_prior)
 from icl.theory import (
-    PopulationFlow,
-    TargetMoments,
-    conserved_quantity,
-    differentiable_risk,
-    estimate_moments,
-    expected_hh,
-    flow_time_scales,
-    gd_plus_plus_polynomial,
-    gd_plus_plus_risk,
-    gd_polynomial,
-    gradient_flow_limit,
-    law_of,
-    linear_part_norm2,
-    multistep_gd_risk,
-    one_step_risk,
-    optimal_gamma,
-    optimal_gd_plus_plus,
-    optimal_multistep_step_sizes,
-    optimal_risk,
-    optimal_step_size,
-    polynomial_risk,
-    population_loss,
-    risk,
-    train_population,
-    wishart_trace_moments,
-    zfb_initialization,
-)
+    PopulationFlow, TargetMoments, conserved_quantity, differentiable_risk, estimate_moments, expected_hh,
+    flow_time_scales, gd_plus_plus_polynomial, gd_plus_plus_risk, gd_polynomial, gradient_flow_limit, law_of,
+    linear_part_norm2, multistep_gd_risk, one_step_risk, optimal_gamma, optimal_gd_plus_plus,
+    optimal_multistep_step_sizes, optimal_risk, optimal_step_size, polynomial_risk, population_loss, risk,
+    train_population, wishart_trace_moments, zfb_initialization)
+from icl.predictors import (
+    Predictor, gradient_descent, gd_plus_plus, ridge, least_squares, bayes_posterior_mean, bayes_predictive,
+    averaging, knn, lasso, nadaraya_watson, linear_predictor, GradientDescent, GDPlusPlus, Ridge, LeastSquares,
+    BayesPosteriorMean, BayesPredictive, Averaging, KNearestNeighbours, Lasso, NadarayaWatson, LinearPredictor,
+    gd_weights, gd_plus_plus_weights, ridge_weights, least_squares_weights, lasso_weights, posterior,
+    predictive_variance, recursive_least_squares_weights, DiscreteMMSE, DiscreteMMSEPredictive, dmmse)
+from icl.models import (
+    lsa_from_parameters, LinearSelfAttention, LinearTransformer, prompt_tokens, gd_lsa_weights, align_gauge,
+    lsa_blocks, implied_preconditioner, residual_terms, relative_error, dist_to_identity, SparseLSALayer,
+    SparseLinearTransformer, layer_preconditioners, whiten_preconditioner, Transformer, plot_attention_maps,
+    set_gd_construction)
 from icl.training import (
-    LOSSES,
-    Curriculum,
-    Snapshots,
-    TrainConfig,
-    TrainingDivergedError,
-    TrainResult,
-    convergence_report,
-    gaussian_nll,
-    make_optimizer,
-    mse_loss,
-    run_engine,
-    run_keys,
-    train,
-    train_with_snapshots,
-    training_loss,
-)
+    run_engine, run_keys, gaussian_nll, TrainConfig, Curriculum, TrainResult, Snapshots, TrainingDivergedError, train,
+    train_with_snapshots, convergence_report, training_loss, make_optimizer, mse_loss, LOSSES)
+from icl.sweeps import (
+    sweep, SweepResult, grid_points, run_sharding, check_grid_keys)
+from icl.evaluate import (
+    MonteCarlo, monte_carlo, mean_se, predict, predict_prefix, Comparison, compare_predictors, ErrorCurve,
+    error_curve, error_curves, prediction_gap, sensitivities, query_marginal_loss, sensitivity_cosine,
+    reference_metrics, compare_with_reference, evaluate_across_tasks, snapshot_metrics, interpolation_losses,
+    interpolate)
+from icl.checkpoint import (
+    CheckpointCorruptError, ResumeMismatchError, verify_checkpoint, CheckpointDir, save_checkpoint, load_checkpoint,
+    latest_checkpoint)
+from icl.io import (
+    Claim, relative_claim, per_seed_claim, upper_bound_claim, lower_bound_claim, ratio_se, to_jsonable,
+    nonfinite_paths, provenance, config_hash, atomic_write, write_run, remove_stale_temporaries)
+from icl.fingerprint import (
+    plot_fingerprint, FAMILIES, Fingerprint, fingerprint, implicit_weights)
+from icl.probes import (
+    PROBE_TARGETS, ProbeResult, probe, hidden_states)
 from icl.uncertainty import (
-    Calibration,
-    CalibrationComparison,
-    calibration,
-    compare_calibration,
-    predictive_stats,
-    shift_evaluation,
-    shifted_task,
-)
+    Calibration, CalibrationComparison, calibration, compare_calibration, predictive_stats, shifted_task,
+    shift_evaluation)
 
 try:
     __version__ = version("icl")
@@ -226,10 +89,10 @@ __all__ = [
     "ErrorCurve", "error_curve", "error_curves", "prediction_gap", "sensitivities", "query_marginal_loss",
     "sensitivity_cosine", "reference_metrics", "compare_with_reference", "evaluate_across_tasks", "snapshot_metrics",
     "interpolation_losses", "interpolate", "CheckpointCorruptError", "ResumeMismatchError", "verify_checkpoint",
-    "CheckpointDir", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "Claim", "relative_claim", "per_seed_claim",
-    "upper_bound_claim", "lower_bound_claim", "ratio_se", "to_jsonable", "nonfinite_paths", "provenance",
-    "config_hash", "atomic_write", "write_run", "remove_stale_temporaries", "plot_fingerprint", "FAMILIES",
-    "Fingerprint", "fingerprint", "implicit_weights", "PROBE_TARGETS", "ProbeResult", "probe", "hidden_states",
+    "CheckpointDir", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "Claim", "relative_claim",
+    "per_seed_claim", "upper_bound_claim", "lower_bound_claim", "ratio_se", "to_jsonable", "nonfinite_paths",
+    "provenance", "config_hash", "atomic_write", "write_run", "remove_stale_temporaries", "plot_fingerprint",
+    "FAMILIES", "Fingerprint", "fingerprint", "implicit_weights", "PROBE_TARGETS", "ProbeResult", "probe", "hidden_states",
     "Calibration", "CalibrationComparison", "calibration", "compare_calibration", "predictive_stats", "shifted_task",
     "shift_evaluation",
 ]

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import jax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import icl
-from icl.io import Claim, atomic_write, config_hash, provenance, relative_claim, upper_bound_claim, write_run
+from icl.io import (Claim, atomic_write, config_hash, per_seed_claim, provenance, relative_claim, upper_bound_claim,
+                    write_run)
 
 
 def mode(path) -> int:
@@ -162,3 +165,34 @@ def test_a_failed_rename_into_place_keeps_the_previous_run(tmp_path, monkeypatch
     assert len(tries) == 3 and tries[0] == tries[1] != tries[2]  # the third: the old run put back
     assert json.loads((out / "summary.json").read_text())["version"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+
+
+def _seed_passes(v, tol, theory, kind):
+    return abs(v - theory) <= tol * abs(theory) if kind == "relative" else v <= tol if kind == "upper" else v >= tol
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=8),
+       tol=st.floats(0.0, 2.0), theory=st.floats(-1e3, 1e3).filter(lambda t: abs(t) > 1e-3),
+       kind=st.sampled_from(["relative", "upper", "lower"]))
+def test_a_per_seed_claim_passes_exactly_when_every_seed_passes_and_shows_the_deciding_seed(values, tol, theory,
+                                                                                              kind):
+    # Catches the old rule (judging the mean of the seeds): [0.96, 1.04] around theory 1 at 3% passes on the mean.
+    claim = per_seed_claim("q", values, tol, theory, kind=kind)
+    assert claim.passed == all(_seed_passes(v, tol, theory, kind) for v in values)
+    assert claim.measured in values and claim.passed == _seed_passes(claim.measured, tol, theory, kind)
+    assert claim.seeds["per_seed"] == values
+
+
+def test_a_per_seed_claim_names_a_systematic_offset_and_fails_on_a_nan_seed():
+    assert not per_seed_claim("eta", [0.96, 1.04], 0.03, 1.0).passed  # the mean (1.0) would pass
+    biased = per_seed_claim("eta", [1.021, 1.025, 1.019, 1.023], 0.03, 1.0)
+    assert biased.passed and "systematic offset: all 4 seeds above theory" in biased.detail
+    assert biased.seeds["systematic_offset"] == pytest.approx(0.022)
+    assert "systematic" not in per_seed_claim("eta", [0.99, 1.01, 1.005], 0.03, 1.0).detail  # straddles theory
+    nan = per_seed_claim("eta", [1.0, float("nan")], 0.03, 1.0)
+    assert not nan.passed and math.isnan(nan.measured)
+    with pytest.raises(ValueError, match="kind"):
+        per_seed_claim("eta", [1.0], 0.03, 1.0, kind="mean")
+    with pytest.raises(ValueError, match="theory"):
+        per_seed_claim("eta", [1.0], 0.03)

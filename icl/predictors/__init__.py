@@ -12,36 +12,15 @@ Protocol (:mod:`icl.protocol`): ``p(prompts)`` predicts the query from the whole
 """
 
 from icl.predictors.base import Predictor
-from icl.predictors.dmmse import DiscreteMMSE, DiscreteMMSEPredictive, dmmse
 from icl.predictors.gd import (
-    Averaging,
-    GDPlusPlus,
-    GradientDescent,
-    LinearPredictor,
-    averaging,
-    gd_plus_plus,
-    gd_plus_plus_weights,
-    gd_weights,
-    gradient_descent,
-    linear_predictor,
-)
+    Averaging, GDPlusPlus, GradientDescent, LinearPredictor, averaging, gd_plus_plus, gd_plus_plus_weights,
+    gd_weights, gradient_descent, linear_predictor)
+from icl.predictors.dmmse import DiscreteMMSE, DiscreteMMSEPredictive, dmmse
 from icl.predictors.lasso import Lasso, lasso, lasso_weights
 from icl.predictors.nonparametric import KNearestNeighbours, NadarayaWatson, knn, nadaraya_watson
 from icl.predictors.regression import (
-    BayesPosteriorMean,
-    BayesPredictive,
-    LeastSquares,
-    Ridge,
-    bayes_posterior_mean,
-    bayes_predictive,
-    least_squares,
-    least_squares_weights,
-    posterior,
-    predictive_variance,
-    recursive_least_squares_weights,
-    ridge,
-    ridge_weights,
-)
+    BayesPosteriorMean, BayesPredictive, LeastSquares, Ridge, bayes_posterior_mean, bayes_predictive, least_squares,
+    least_squares_weights, posterior, predictive_variance, recursive_least_squares_weights, ridge, ridge_weights)
 
 __all__ = [
     "Predictor", "gradient_descent", "gd_plus_plus", "ridge", "least_squares", "bayes_posterior_mean",

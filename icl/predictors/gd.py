@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl.pytree import pytree_dataclass, static_field
 from icl.predictors.base import (
     JittedPredictor,
     as_leaf,
@@ -22,12 +23,11 @@ from icl.predictors.base import (
     check_prompts,
     context_moments,
     is_concrete,
-    predictor_name,
     prefix_context_moments,
+    predictor_name,
     prefix_counts,
     shifted_cumsum,
 )
-from icl.pytree import pytree_dataclass, static_field
 
 __all__ = [
     "GradientDescent",

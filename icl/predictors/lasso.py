@@ -15,17 +15,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from icl.predictors.base import (
-    JittedPredictor,
-    as_leaf,
-    check_context,
-    check_prompts,
-    check_scalar,
-    context_moments,
-    prefix_context_moments,
-)
 from icl.pytree import pytree_dataclass, static_field
 from icl.tasks.base import check_int
+from icl.predictors.base import (JittedPredictor, as_leaf, check_context, check_prompts, check_scalar,
+                                 context_moments, prefix_context_moments)
 
 __all__ = ["Lasso", "lasso", "lasso_weights"]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from icl.predictors.base import JittedPredictor, as_leaf, check_prompts, check_scalar
 from icl.pytree import pytree_dataclass, static_field
 from icl.tasks.base import check_int
+from icl.predictors.base import JittedPredictor, as_leaf, check_prompts, check_scalar
 
 __all__ = ["KNearestNeighbours", "NadarayaWatson", "knn", "nadaraya_watson"]
 

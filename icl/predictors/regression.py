@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl.pytree import pytree_dataclass
 from icl.predictors import qr
 from icl.predictors.base import (
     Predictor,
@@ -29,7 +30,6 @@ from icl.predictors.base import (
     check_scalar,
     is_concrete,
 )
-from icl.pytree import pytree_dataclass
 
 __all__ = [
     "LeastSquares",

@@ -8,22 +8,8 @@ is a pure function of a PRNG key returning :class:`Prompts`. Families: :class:`L
 """
 
 from icl.tasks.base import (
-    GaussianLaw,
-    IIDLaw,
-    IllConditionedWarning,
-    Prompts,
-    TargetLaw,
-    Task,
-    check_int,
-    check_non_negative,
-    check_positive,
-    check_positive_int,
-    check_prompt_shapes,
-    check_prompts,
-    check_spd,
-    each_query,
-    random_rotation,
-)
+    GaussianLaw, IIDLaw, IllConditionedWarning, Prompts, TargetLaw, Task, check_int, check_non_negative,
+    check_positive, check_positive_int, check_prompt_shapes, check_prompts, check_spd, each_query, random_rotation)
 from icl.tasks.iid import UniformLinearTask, uniform_moments
 from icl.tasks.linear import LinearRegressionTask, weight_prior
 from icl.tasks.nonlinear import LINKS, ReluNetworkTask, SingleIndexTask

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icl.pytree import pytree_dataclass, static_field
-from icl.tasks.base import IIDLaw, Task, check_non_negative, check_positive, check_positive_int, default_dtype
+from icl.tasks.base import IIDLaw, Task, default_dtype, check_non_negative, check_positive, check_positive_int
 
 __all__ = ["UniformLinearTask", "uniform_moments"]
 

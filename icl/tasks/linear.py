@@ -12,11 +12,11 @@ from icl.pytree import pytree_dataclass, static_field
 from icl.tasks.base import (
     GaussianLaw,
     Task,
+    default_dtype,
     check_non_negative,
     check_positive,
     check_positive_int,
     check_spd,
-    default_dtype,
     random_rotation,
 )
 

@@ -15,35 +15,14 @@
 from __future__ import annotations
 
 from icl.theory.api import (
-    differentiable_risk,
-    expected_hh,
-    law_of,
-    one_step_risk,
-    optimal_gamma,
-    optimal_risk,
-    optimal_step_size,
-    risk,
-)
+    differentiable_risk, expected_hh, law_of, one_step_risk, optimal_gamma, optimal_risk, optimal_step_size, risk)
 from icl.theory.multistep import (
-    gd_plus_plus_polynomial,
-    gd_plus_plus_risk,
-    gd_polynomial,
-    multistep_gd_risk,
-    optimal_gd_plus_plus,
-    optimal_multistep_step_sizes,
-    polynomial_risk,
-    wishart_trace_moments,
-)
+    gd_plus_plus_polynomial, gd_plus_plus_risk, gd_polynomial, multistep_gd_risk, optimal_gd_plus_plus,
+    optimal_multistep_step_sizes, polynomial_risk, wishart_trace_moments)
 from icl.theory.nonlinear import TargetMoments, estimate_moments, linear_part_norm2
 from icl.theory.population import (
-    PopulationFlow,
-    conserved_quantity,
-    flow_time_scales,
-    gradient_flow_limit,
-    population_loss,
-    train_population,
-    zfb_initialization,
-)
+    PopulationFlow, conserved_quantity, flow_time_scales, gradient_flow_limit, population_loss, train_population,
+    zfb_initialization)
 
 __all__ = [
     "PopulationFlow", "TargetMoments", "conserved_quantity", "differentiable_risk", "estimate_moments", "expected_hh",
