@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import EXACT_F64, assert_close, assert_within_se, mean_se, x64
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import icl
@@ -209,6 +209,10 @@ class _BadVariance:
 
 @settings(max_examples=6, deadline=None)
 @given(kind=st.sampled_from(["negative", "zero", "nan", "inf"]), fraction=st.floats(0.05, 1.0))
+@example(kind="negative", fraction=0.05)
+@example(kind="zero", fraction=0.05)
+@example(kind="nan", fraction=0.05)
+@example(kind="inf", fraction=0.05)
 def test_calibration_refuses_invalid_variances_naming_how_many(kind, fraction):
     """Any share of prompts with a negative, zero or non-finite variance is refused, with the count (zero as a
     degenerate point mass).
