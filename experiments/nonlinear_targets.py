@@ -12,10 +12,19 @@ Training per family: heavy-tailed targets (the cubic link) make single minibatch
 Adam's second-moment estimate then freezes the step size for ~1000 steps (at d=4, n=14, sigma=0.3 the learned
 eta stalled at 0.046 against 0.471). FAMILY_TRAINING gives such links a larger batch, a start on the c A^T path
 (W = 0.3 I) and the global gradient norm clipped at clip * A (A = E[y^2]); --batch, --clip and --init-diag
-override it for every family. Clipping is not free: clipped Adam's fixed point is biased by heavy-tailed
-minibatch gradients (cubic, 4 seeds, 2000 steps: +4.5% at d=8, n=5, sigma=1 and -3.5% at d=2, n=40, sigma=0 with
-batch 2048; +2.2% and -1.1% with batch 8192), which the eta claim measures. Without the clip Adam stalls (-62% at
-d=8, n=5), and an SGD tail diverges (the y^2 term c a^T x_q (1/n) sum y_i^2 has a heavy-tailed curvature).
+override it for every family. Without the clip Adam stalls (-62% at d=8, n=5), and an SGD tail diverges (the
+y^2 term c a^T x_q (1/n) sum y_i^2 has a heavy-tailed curvature).
+
+A measured departure at the cubic corners (4 seeds each, batch 8192; the eta claim is judged per seed and names
+the offset): at d=8, n=5, sigma=1 every seed is above the theorem's eta = 0.1829 by +3.52, +2.62, +2.97, +2.14%
+(the claim fails on the first seed); at d=2, n=40, sigma=0 every seed is below 0.7643 by -0.80, -0.56, -1.28,
+-1.55% (it passes). The offset is systematic (seed spread 0.6%) and is not the clip or the training length: the
+clip at 4 A instead of A gives +3.51, +2.67, +2.97, +2.19%, and 6000 steps instead of 2000 give +4.11, +3.36,
++2.86, +2.31%. It sits where the loss cannot see it: at d=8 the learned LSA's loss is 1e-4 of R* above GD at the
+theorem's eta (13412.95 against 13411.71 on 40,000 prompts), so along eta the population loss is flat to 1e-4 over
+a 3% band, and any small bias of the optimiser (Adam's per-coordinate normalisation of heavy-tailed gradients is
+the candidate) moves eta by percents. The Monte Carlo B and C agree with the exact moments (4 SE), so the theory
+value itself is checked. The default families (ReLU network, tanh single index) pass per seed.
 
 Convergence: a cosine schedule ends with a flat loss even when training stopped far from the optimum, so a
 separate claim requires each seed's final training loss to reach Thm 3's minimum risk R* (the least population
