@@ -22,7 +22,9 @@ from icl.theory import (
     flow_time_scales, gd_plus_plus_polynomial, gd_plus_plus_risk, gd_polynomial, gradient_flow_limit, law_of,
     linear_part_norm2, multistep_gd_risk, one_step_risk, optimal_gamma, optimal_gd_plus_plus,
     optimal_multistep_step_sizes, optimal_risk, optimal_step_size, polynomial_risk, population_loss, risk,
-    train_population, wishart_trace_moments, zfb_initialization)
+    train_population, wishart_trace_moments, zfb_initialization, asymptotic_icl_error, fit_reduced_gamma,
+    pretraining_features, pretraining_sizes, reduced_features, reduced_test_error, reduced_test_error_mc,
+    simulate_icl_error, solve_reduced_gamma, wishart_stieltjes)
 from icl.predictors import (
     Predictor, gradient_descent, gd_plus_plus, ridge, least_squares, bayes_posterior_mean, bayes_predictive,
     averaging, knn, lasso, nadaraya_watson, linear_predictor, GradientDescent, GDPlusPlus, Ridge, LeastSquares,
@@ -73,7 +75,9 @@ __all__ = [
     "gd_plus_plus_risk", "gd_polynomial", "gradient_flow_limit", "law_of", "linear_part_norm2", "multistep_gd_risk",
     "one_step_risk", "optimal_gamma", "optimal_gd_plus_plus", "optimal_multistep_step_sizes", "optimal_risk",
     "optimal_step_size", "polynomial_risk", "population_loss", "risk", "train_population", "wishart_trace_moments",
-    "zfb_initialization", "Predictor", "gradient_descent", "gd_plus_plus", "ridge", "least_squares",
+    "zfb_initialization", "asymptotic_icl_error", "fit_reduced_gamma", "pretraining_features", "pretraining_sizes",
+    "reduced_features", "reduced_test_error", "reduced_test_error_mc", "simulate_icl_error", "solve_reduced_gamma",
+    "wishart_stieltjes", "Predictor", "gradient_descent", "gd_plus_plus", "ridge", "least_squares",
     "bayes_posterior_mean", "bayes_predictive", "averaging", "knn", "lasso", "nadaraya_watson", "linear_predictor",
     "GradientDescent", "GDPlusPlus", "Ridge", "LeastSquares", "BayesPosteriorMean", "BayesPredictive", "Averaging",
     "KNearestNeighbours", "Lasso", "NadarayaWatson", "LinearPredictor", "gd_weights", "gd_plus_plus_weights",

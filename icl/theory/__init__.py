@@ -8,6 +8,8 @@
   :func:`differentiable_risk` and :func:`population_loss` are the ``jax.numpy`` versions.
 - Several steps (§6): :func:`multistep_gd_risk`, :func:`optimal_multistep_step_sizes`,
   :func:`gd_plus_plus_risk`, :func:`optimal_gd_plus_plus`, :func:`wishart_trace_moments`.
+- Asymptotics of linear attention (§15, Lu et al. 2025): :func:`asymptotic_icl_error` and the finite-d
+  reduced model (:func:`fit_reduced_gamma`, :func:`reduced_test_error`, :func:`simulate_icl_error`, ...).
 - Population training (§2-§3): :func:`population_loss`, :func:`train_population`, :func:`gradient_flow_limit`,
   :func:`zfb_initialization`, ...
 """
@@ -16,6 +18,9 @@ from __future__ import annotations
 
 from icl.theory.api import (
     differentiable_risk, expected_hh, law_of, one_step_risk, optimal_gamma, optimal_risk, optimal_step_size, risk)
+from icl.theory.asymptotic import (
+    asymptotic_icl_error, fit_reduced_gamma, pretraining_features, pretraining_sizes, reduced_features,
+    reduced_test_error, reduced_test_error_mc, simulate_icl_error, solve_reduced_gamma, wishart_stieltjes)
 from icl.theory.multistep import (
     gd_plus_plus_polynomial, gd_plus_plus_risk, gd_polynomial, multistep_gd_risk, optimal_gd_plus_plus,
     optimal_multistep_step_sizes, polynomial_risk, wishart_trace_moments)
@@ -25,6 +30,8 @@ from icl.theory.population import (
     zfb_initialization)
 
 __all__ = [
+    "asymptotic_icl_error", "fit_reduced_gamma", "pretraining_features", "pretraining_sizes", "reduced_features",
+    "reduced_test_error", "reduced_test_error_mc", "simulate_icl_error", "solve_reduced_gamma", "wishart_stieltjes",
     "PopulationFlow", "TargetMoments", "conserved_quantity", "differentiable_risk", "estimate_moments", "expected_hh",
     "flow_time_scales", "gd_plus_plus_polynomial", "gd_plus_plus_risk", "gd_polynomial", "gradient_flow_limit",
     "law_of", "linear_part_norm2", "multistep_gd_risk", "one_step_risk", "optimal_gamma", "optimal_gd_plus_plus",
