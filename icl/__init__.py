@@ -14,7 +14,7 @@ from icl.pytree import (
 from icl.protocol import (
     Model, returns_variance, has_prefix, predictor_name, check_output)
 from icl.tasks import (
-    LINKS, FiniteTaskPool, GaussianLaw, IIDLaw, IllConditionedWarning, LinearRegressionTask, Prompts, ReluNetworkTask,
+    LINKS, FiniteTaskPool, NoiseMixtureTask, GaussianLaw, IIDLaw, IllConditionedWarning, LinearRegressionTask, Prompts, ReluNetworkTask,
     SingleIndexTask, SparseLinearTask, TargetLaw, Task, UniformLinearTask, check_non_negative, check_positive,
     check_positive_int, check_prompts, check_spd, each_query, random_rotation, uniform_moments, weight_prior)
 from icl.theory import (
@@ -30,7 +30,8 @@ from icl.predictors import (
     averaging, knn, lasso, nadaraya_watson, linear_predictor, GradientDescent, GDPlusPlus, Ridge, LeastSquares,
     BayesPosteriorMean, BayesPredictive, Averaging, KNearestNeighbours, Lasso, NadarayaWatson, LinearPredictor,
     gd_weights, gd_plus_plus_weights, ridge_weights, least_squares_weights, lasso_weights, posterior,
-    predictive_variance, recursive_least_squares_weights, DiscreteMMSE, DiscreteMMSEPredictive, dmmse)
+    predictive_variance, recursive_least_squares_weights, DiscreteMMSE, DiscreteMMSEPredictive, dmmse,
+    NoiseMixturePosteriorMean, NoiseMixturePredictive, noise_mixture_posterior_mean, noise_mixture_predictive)
 from icl.models import (
     lsa_from_parameters, LinearSelfAttention, LinearTransformer, prompt_tokens, gd_lsa_weights, align_gauge,
     lsa_blocks, implied_preconditioner, residual_terms, relative_error, dist_to_identity, SparseLSALayer,
@@ -77,7 +78,8 @@ __all__ = [
     "optimal_step_size", "polynomial_risk", "population_loss", "risk", "train_population", "wishart_trace_moments",
     "zfb_initialization", "asymptotic_icl_error", "fit_reduced_gamma", "pretraining_features", "pretraining_sizes",
     "reduced_features", "reduced_test_error", "reduced_test_error_mc", "simulate_icl_error", "solve_reduced_gamma",
-    "wishart_stieltjes", "Predictor", "gradient_descent", "gd_plus_plus", "ridge", "least_squares",
+    "wishart_stieltjes", "NoiseMixtureTask", "NoiseMixturePosteriorMean", "NoiseMixturePredictive",
+    "noise_mixture_posterior_mean", "noise_mixture_predictive", "Predictor", "gradient_descent", "gd_plus_plus", "ridge", "least_squares",
     "bayes_posterior_mean", "bayes_predictive", "averaging", "knn", "lasso", "nadaraya_watson", "linear_predictor",
     "GradientDescent", "GDPlusPlus", "Ridge", "LeastSquares", "BayesPosteriorMean", "BayesPredictive", "Averaging",
     "KNearestNeighbours", "Lasso", "NadarayaWatson", "LinearPredictor", "gd_weights", "gd_plus_plus_weights",

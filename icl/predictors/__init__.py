@@ -17,6 +17,8 @@ from icl.predictors.gd import (
     gd_weights, gradient_descent, linear_predictor)
 from icl.predictors.dmmse import DiscreteMMSE, DiscreteMMSEPredictive, dmmse
 from icl.predictors.lasso import Lasso, lasso, lasso_weights
+from icl.predictors.mixture import (
+    NoiseMixturePosteriorMean, NoiseMixturePredictive, noise_mixture_posterior_mean, noise_mixture_predictive)
 from icl.predictors.nonparametric import KNearestNeighbours, NadarayaWatson, knn, nadaraya_watson
 from icl.predictors.regression import (
     BayesPosteriorMean, BayesPredictive, LeastSquares, Ridge, bayes_posterior_mean, bayes_predictive, least_squares,
@@ -28,5 +30,6 @@ __all__ = [
     "GDPlusPlus", "Ridge", "LeastSquares", "BayesPosteriorMean", "BayesPredictive", "Averaging", "KNearestNeighbours",
     "Lasso", "NadarayaWatson", "LinearPredictor", "gd_weights", "gd_plus_plus_weights", "ridge_weights",
     "least_squares_weights", "lasso_weights", "posterior", "predictive_variance", "recursive_least_squares_weights",
-    "DiscreteMMSE", "DiscreteMMSEPredictive", "dmmse",
+    "DiscreteMMSE", "DiscreteMMSEPredictive", "dmmse", "NoiseMixturePosteriorMean", "NoiseMixturePredictive",
+    "noise_mixture_posterior_mean", "noise_mixture_predictive",
 ]

@@ -355,13 +355,28 @@ class BayesPredictive(BayesPosteriorMean):
 def bayes_posterior_mean(task) -> BayesPosteriorMean:
     """Bayes-optimal predictor for a Gaussian linear task (``task.w_cov``, ``task.noise_std``).
 
-    With ``Omega = tau^2 I`` this is ridge at ``lam = sigma^2 / tau^2`` (docs/theory.md §7).
+    With ``Omega = tau^2 I`` this is ridge at ``lam = sigma^2 / tau^2`` (docs/theory.md §7). For a
+    :class:`~icl.tasks.mixture.NoiseMixtureTask` (a noise level drawn per prompt) it is the posterior mixture of
+    ridges, :func:`icl.predictors.mixture.noise_mixture_posterior_mean`.
     """
+    from icl.tasks.mixture import NoiseMixtureTask
+
+    if isinstance(task, NoiseMixtureTask):
+        from icl.predictors.mixture import noise_mixture_posterior_mean  # lazy: it imports this module
+
+        return noise_mixture_posterior_mean(task)
     return BayesPosteriorMean(*_task_prior(task, "bayes_posterior_mean"))
 
 
 def bayes_predictive(task) -> BayesPredictive:
-    """Mean-and-variance Bayes predictor for a Gaussian linear task; see :class:`BayesPredictive`."""
+    """Mean-and-variance Bayes predictor for a Gaussian linear task; see :class:`BayesPredictive`. For a
+    :class:`~icl.tasks.mixture.NoiseMixtureTask`: :func:`icl.predictors.mixture.noise_mixture_predictive`."""
+    from icl.tasks.mixture import NoiseMixtureTask
+
+    if isinstance(task, NoiseMixtureTask):
+        from icl.predictors.mixture import noise_mixture_predictive  # lazy: it imports this module
+
+        return noise_mixture_predictive(task)
     return BayesPredictive(*_task_prior(task, "bayes_predictive"))
 
 

@@ -12,12 +12,13 @@ from icl.tasks.base import (
     check_positive, check_positive_int, check_prompt_shapes, check_prompts, check_spd, each_query, random_rotation)
 from icl.tasks.iid import UniformLinearTask, uniform_moments
 from icl.tasks.linear import LinearRegressionTask, weight_prior
+from icl.tasks.mixture import NoiseMixtureTask, check_noise_mixture
 from icl.tasks.nonlinear import LINKS, ReluNetworkTask, SingleIndexTask
 from icl.tasks.pool import FiniteTaskPool
 from icl.tasks.sparse import SparseLinearTask
 
 __all__ = [
-    "LINKS", "FiniteTaskPool", "GaussianLaw", "IIDLaw", "IllConditionedWarning", "LinearRegressionTask", "Prompts",
+    "LINKS", "FiniteTaskPool", "NoiseMixtureTask", "check_noise_mixture", "GaussianLaw", "IIDLaw", "IllConditionedWarning", "LinearRegressionTask", "Prompts",
     "ReluNetworkTask", "SingleIndexTask", "SparseLinearTask", "TargetLaw", "Task", "UniformLinearTask", "check_int",
     "check_non_negative", "check_positive", "check_positive_int", "check_prompt_shapes", "check_prompts", "check_spd",
     "each_query", "random_rotation", "uniform_moments", "weight_prior",
