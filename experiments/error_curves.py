@@ -2,14 +2,71 @@
 
 A causal ``icl.Transformer`` (interleaved tokens, every-prefix loss, docs/theory.md §10; ``--seeds`` independent
 runs) and, for reference, the one-layer linear self-attention (``icl.LinearTransformer``) are trained on three
-tasks: dense noiseless Gaussian linear regression, the same with label noise, and s-sparse linear regression.
-Their normalised error curves (squared error of prediction k from the first k-1 pairs, divided by the noiseless
-E[y^2]; m = k-1 context pairs) are drawn against Bayes (the posterior mean; ridge with lambda = sigma^2 for the
-noisy task), least squares (minimum norm), averaging, 3-nearest neighbours, Nadaraya-Watson, one GD step and
-LASSO (sparse task). Every claim about the transformer is judged on each training seed (it passes only when
-every seed does); gaps are paired differences on the same prompts, their SE the paired SE.
+tasks: dense noiseless Gaussian linear regression, the same with label noise sigma, and s-sparse linear
+regression. Their normalised error curves (squared error of prediction k from the first m = k-1 pairs, divided by
+the noiseless E[y^2]) are drawn against Bayes (the posterior mean; ridge with lambda = sigma^2 on the noisy task),
+least squares (minimum norm), averaging, 3-nearest neighbours, Nadaraya-Watson, one GD step and LASSO (sparse
+task), and against the exact least-squares and Bayes curves (dashed). Every claim about the transformer is judged
+on each training seed: it passes only when every seed does, and ``measured`` is the worst seed. Gaps are paired
+differences on the same prompts (their SE the paired SE, far below the two curves' SEs combined).
 
-Claims (tolerances on the scale of the effect; TODO numbers):
+Claims (one number each; tolerances on the scale of the effect, not tuned to pass):
+- dense: max over k <= d of |err_transformer / err_Bayes - 1| <= 0.1. Bayes's error there is (d - m)/d, not small,
+  so the band is relative: 10% of the curve itself, well inside the gap to every baseline but least squares
+  (= Bayes here; one GD step, the next, is 2.4-4x Bayes) and resolved by the evaluation (paired SE 0.15% of
+  Bayes at --quick).
+- dense: max over k > d of err_transformer <= 0.1 / d. Bayes's error is exactly 0 for k-1 >= d (noiseless), so
+  a relative bound is meaningless there; the absolute bound carries the 10% band of the previous claim at k = d
+  (where Bayes's error is 1/d) on to every k > d: it says the transformer reproduces the sharp drop at d+1.
+- dense: err_transformer / err_averaging and / err_3-NN at k = 2d <= 1/3 (one claim each).
+- noisy: max over 1 <= k <= n of |err_transformer / err_Bayes - 1| <= 0.1. Bayes's error never falls below
+  sigma^2/d (0.05 at d = 5), so the relative form holds at every k. Least squares, the nearest baseline, is
+  6.5% above Bayes at k = n = 11 (d = 5) but 16% or more at every 4 <= k <= 10 (infinite at k = 5..7), so a
+  transformer that learned least squares fails; one 17% above Bayes anywhere fails too (the old absolute
+  bound of 0.1 let it pass).
+- sparse: min over 1 <= k-1 < d of 1 - err_transformer / err_least_squares >= 0.1. The Bayes predictor for the
+  s = 1 prior (a mixture over supports; float64 Monte Carlo, not in the library) is 18% (d = 5) / 36% (d = 2)
+  below least squares at k-1 = 1 and exact (error 0) for 2 <= k-1 < d, so 0.1 asks for more than half of the
+  smallest available gain; a transformer that learned least squares scores about 0.
+- per task, the baselines' Monte Carlo curves against their exact values, max over (baseline, k) of
+  |MC - exact| / SE <= 4 (SE including the exact value's own float64 Monte Carlo SE): noiseless least squares =
+  Bayes = (1 - m/d)_+ exactly (E||(I - P_m) w||^2, also on the sparse task); noisy least squares
+  sigma^2 (1 + d/(m-d-1)) for m >= d+4 and (d - m) + sigma^2 (1 + m/(d-m-1)) for m <= d-4 (only there does the
+  per-prompt error have a finite variance, so that an SE means something); noisy Bayes sigma^2 + E tr((X^T X /
+  sigma^2 + I)^{-1}) in float64 from 200k draws of X. 4 SE: with up to 20 pairs a Gaussian max exceeds 4 with
+  probability 0.1%; the sparse task's k = 1 error (w_j x_j)^2 is heavy-tailed (simulated 0.1% quantile of its z
+  at 20000 prompts: -3.8).
+- noiseless tasks: least squares' (and Bayes's) error at k > d <= 1e-5 (exactly 0 but for float32 rounding).
+- per task: the transformer's training converged and, with two or more seeds, the seeds agree
+  (:func:`icl.experiment.convergence_claim`).
+
+--quick (d = 2, n = 4, 4 layers x width 32 x 4 heads, 6500 steps at batch 128, one seed, 20000 evaluation
+prompts; 445 s wall, 420 CPU-s, on a 2-core CPU shared with two other jobs; about 3 minutes standalone: 158 s
+before the evaluation prompts went from 2000 to 20000, which adds seconds), measured (seed 0):
+dense |rel gap| at k <= d 0.0068 ± 0.0015 (at k = 2); dense error at k > d 0.038 ± 0.002 (at k = 3) against
+0.05; ratio to averaging 0.020, to 3-NN 0.015; noisy |rel gap| 0.065 ± 0.0056 (at k = 4, above Bayes);
+sparse margin 0.301 ± 0.013; baselines' worst |z| 1.77 (dense), 0.97 (noisy), 3.15 (sparse, k = 1, the
+heavy-tailed point); least squares at k > d 2.9e-11 (dense), 1.9e-9 (sparse).
+
+Defaults (the scale setting: d = 5, n = 2d+1 = 11 so that k = 2d and least squares' finite-variance k = 10, 11 are
+on the curve, 2 seeds, width 32, 7000 steps, 20000 evaluation prompts). Estimated run time 13-20 minutes
+standalone: a short run of this model (d = 5, n = 11, width 32, batch 128, 2 seeds, 240 vs 40 steps) took
+0.084-0.090 CPU-s per step; a standalone 2-core run takes 0.35-0.55 wall-s per CPU-s measured under load (the
+old --quick: 158 s standalone, 450 CPU-s loaded; the old defaults: 460 s wall, 873 CPU-s), so 0.03-0.05 s per
+step, 3 x 7000 steps = 11-18 min, plus about 2 minutes of compilation, LSA training and evaluation. Width 64
+costs 0.18 CPU-s per step and learned less per second (below). The defaults have not been run in full; one seed
+of the dense task at d = 5 (this width, shorter or longer) measured: 6000 steps: |rel gap| at k = d 0.118,
+error at k = d+1 0.108 and at k = d+2 0.047; 10000 steps: 0.087, 0.094, 0.037; width 64 at 4500 steps: 0.306,
+0.167, 0.094. The transformer smooths the drop at k = d+1 (Bayes's 0.2 -> 0 becomes 0.22 -> 0.09), so the
+defaults are expected to FAIL "dense: max over k > d" (about 0.1 against 0.02) and to sit near the 10% bound
+at k = d: a finding (a 20-CPU-minute transformer does not reproduce the sharp transition at d = 5), not a
+tolerance to loosen.
+
+    python experiments/error_curves.py [--quick | --paper] [--d 5 --n 11 --steps 7000 ...]
+
+``--paper`` is Garg's configuration (d = 20, 41 points, 12 layers, width 256, 8 heads, batch 64, curriculum,
+500k steps) for an accelerator; on this CPU it cannot finish, and a shortened run (``--paper --steps K``)
+says how far it went in its summary.
 """
 
 from __future__ import annotations
@@ -36,9 +93,9 @@ from icl.experiment import (
 from icl.io import ratio_se
 
 # --- configuration -------------------------------------------------------------------------------------------
-FLAGS = dict(d=5, n=11, steps=8000, batch=128, seeds=2, lr=3e-3, seed=0, eval_prompts=20_000)
-OWN = dict(layers=4, width=64, heads=4, noise_std=0.5, sparsity=1, lsa_steps=500, curriculum=False)
-QUICK = dict(d=2, n=4, width=32, steps=6500, seeds=1, eval_prompts=20_000, lsa_steps=300)
+FLAGS = dict(d=5, n=11, steps=7000, batch=128, seeds=2, lr=3e-3, seed=0, eval_prompts=20_000)
+OWN = dict(layers=4, width=32, heads=4, noise_std=0.5, sparsity=1, lsa_steps=500, curriculum=False)
+QUICK = dict(d=2, n=4, steps=6500, seeds=1, eval_prompts=20_000, lsa_steps=300)
 PAPER = dict(d=20, n=40, steps=500_000, batch=64, lr=1e-4, layers=12, width=256, heads=8, curriculum=True,
              eval_prompts=10_000)
 REL_BAYES = 0.1  # |err_transformer / err_Bayes - 1| where Bayes's error is not 0
@@ -242,10 +299,19 @@ def _relative_gap_claim(name: str, curves: dict, window: np.ndarray, label: str)
     worst_k = np.argmax(np.abs(rel), axis=1)
     per_seed = np.abs(rel[np.arange(rel.shape[0]), worst_k])
     s = int(np.argmax(per_seed))
+    idx = np.arange(rel.shape[0])
+    signed, signed_se = rel[idx, worst_k], rel_se[idx, worst_k]
+    if np.all(signed > 2 * signed_se):
+        side = "every seed's worst gap is above Bayes by more than 2 SE (Bayes is optimal: an excess, not noise)"
+    elif np.any(signed < -2 * signed_se):
+        side = "a seed is below Bayes by more than 2 SE (impossible in expectation: look for a bug)"
+    else:
+        side = "the worst gaps are within 2 SE of 0"
     detail = (f"paired gaps (err_transformer - err_Bayes) / err_Bayes per seed over k={ks.tolist()}: "
               + "; ".join(f"seed {i}: {_rounded(r)}" for i, r in enumerate(rel))
-              + f"; worst seed {s} at k={int(ks[worst_k[s]])}: {rel[s, worst_k[s]]:+.4f} ± "
-              f"{rel_se[s, worst_k[s]]:.2g}; Bayes there {bayes[window][worst_k[s]]:.4f}")
+              + "; worst per seed: " + ", ".join(f"seed {i} k={int(ks[w])}: {v:+.4f} ± {e:.2g}" for i, (w, v, e)
+                                                  in enumerate(zip(worst_k, signed, signed_se)))
+              + f"; {side}; Bayes at seed {s}'s worst k: {bayes[window][worst_k[s]]:.4f}")
     return per_seed_claim(f"{name}: max over {label} of |err_transformer / err_Bayes - 1| <= {REL_BAYES:g}",
                           per_seed, REL_BAYES, None, detail, kind="upper", se=float(rel_se[s, worst_k[s]]))
 
@@ -266,11 +332,13 @@ def claims_for(args, name: str, curves: dict, exact: dict) -> list:
         tol = ZERO_FRACTION / d
         claims.append(per_seed_claim(
             f"dense: max over k > d of err_transformer <= {ZERO_FRACTION:g} x err_Bayes(k=d) = {tol:.3g}",
-            worst, tol, None,
-            f"Bayes's error is exactly 0 for k-1 >= d (noiseless), so the bound is absolute, set to "
-            f"{ZERO_FRACTION:g} of Bayes's last non-zero error (1/d at k=d); per seed over k={ks[window].tolist()}: "
+            worst, tol, 0.0,
+            f"Bayes's error is exactly 0 for k-1 >= d (noiseless), so the bound is absolute: "
+            f"{ZERO_FRACTION:g} of Bayes's last non-zero error (1/d at k=d), the k <= d claim's band carried on; "
+            f"per seed over k={ks[window].tolist()}: "
             + "; ".join(f"seed {i}: {_rounded(c[window])}" for i, c in enumerate(per_seed_tf))
-            + f"; worst seed {s} at k={int(ks[window][where[s]])} ± {per_seed_se[s, window][where[s]]:.2g}",
+            + f"; worst seed {s} at k={int(ks[window][where[s]])}: {worst[s]:.4f} ± "
+              f"{per_seed_se[s, window][where[s]]:.2g}",
             kind="upper", se=float(per_seed_se[s, window][where[s]])))
         k2 = 2 * d
         for other in ("averaging", "3-NN"):
@@ -349,7 +417,7 @@ def plot(results: dict, exact: dict, args):
             style = dict(lw=2.2, color="k") if label == "transformer" else dict(lw=1.2, color=f"C{i}")
             ax.plot(ks, c["mean"], label=label + (" (mean of seeds)" if label == "transformer" else ""), **style)
             ax.fill_between(ks, c["mean"] - 2 * c["se"], c["mean"] + 2 * c["se"], alpha=0.2, color=style["color"])
-        for base, ex in exact[name].items():
+        for ex in exact[name].values():
             ax.plot(ks, np.where(np.isfinite(ex["mean"]), ex["mean"], np.nan), ls="--", lw=0.9, color="grey")
         ax.plot([], [], ls="--", lw=0.9, color="grey", label="exact LS / Bayes")
         ax.axvline(args.d + 1, color="grey", ls=":", lw=1)
