@@ -172,8 +172,8 @@ def run(args) -> Outcome:
           f"Gaussian-prior Bayes {pool_res.metrics['bayes_gaussian_prior'].nll[0]:.4f}, model "
           f"{pool_res.metrics['model'].nll[0]:.4f}")
 
-    claim, report = convergence_claim("uncertainty", result)
-    claims.append(claim)
+    conv, report = convergence_claim("uncertainty", result)
+    claims.extend(conv)
     extra = {"final_train_loss": final_train_loss(result), "convergence": report, "train_seconds": result.seconds}
     return Outcome(claims, runs, {"uncertainty.png": lambda: _figure(runs)}, extra)
 
