@@ -173,7 +173,8 @@ def test_exact_test_error_matches_monte_carlo(f64):
     assert_close(gap, (1 + 2 / 9) * (2 / d) * np.sum(gamma[:, d] ** 2) / d, 1e-12)
 
 
-@pytest.mark.parametrize("kappa, tau, chunk", [(1.0, 0.5, 5), (math.inf, 3.0, 16)])
+@pytest.mark.parametrize("kappa, tau, chunk", [(1.0, 0.5, 5),
+                                               pytest.param(math.inf, 3.0, 16, marks=pytest.mark.slow)])
 def test_fit_is_the_exact_least_squares_solution(f64, kappa, tau, chunk):
     """Minimum-norm (n < p) and normal-equation (n >= p, chunked) fits equal numpy's on the same pretraining set."""
     d = 4

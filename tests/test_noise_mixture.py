@@ -174,6 +174,7 @@ def test_sampling_draws_each_level_with_its_weight_and_labels_follow_it():
         assert abs(resid[comp == k].std() / task.levels[k] - 1) < 0.05
 
 
+@pytest.mark.slow  # Monte Carlo over 3 x 20k prompts; the exactness tests above stay in the default suite
 def test_bayes_error_is_below_every_single_ridge_on_mixture_prompts():
     psi = 1.0 / np.sqrt(MC_D)  # Bai et al.'s normalisation
     task = NoiseMixtureTask(d=MC_D, levels=[0.1, 1.0], psi=psi)
