@@ -403,23 +403,24 @@ def convergence_claim(label: str, result) -> tuple[list[Claim], dict]:
     """Claims that training finished, one number each: the loss no longer falls, and (two or more seeds) the
     seeds agree.
 
-    Returns ``(claims, report)``. The first claim's measured value is the largest relative drop of a seed's
-    loss over the last tenth of training (a fitted line) minus 3 standard errors, the drop the data
-    establish; the second's is the largest relative gap between two seeds' mean losses over that window minus
-    3 standard errors. Each must stay at or below 2% (:func:`icl.convergence_report`).
+    Returns ``(claims, report)``. The first claim's measured value is :func:`icl.convergence_report`'s
+    ``excess_drop``: the largest over seeds of ``min(drop - 2%, drop - 3 SE)`` for the relative drop of a
+    seed's loss over the last tenth of training (a fitted line), positive only when the drop is both above 2%
+    and above noise. The second's is ``excess_gap``, the same for the relative gap between two seeds' window
+    losses. Each must be at most 0.
     """
     report = convergence(result)
     drops = ", ".join(f"{100 * m:.2f}% ± {100 * s:.2f}%" for m, s in zip(report["relative_drop"],
                                                                      report["relative_drop_se"]))
     reasons = "; ".join(report["reasons"])
-    claims = [Claim(f"{label}: training converged (loss drop over the last tenth, less 3 SE, <= 2%)", None,
-                    report["excess_drop"], report["rtol"], not report["still_falling"],
+    claims = [Claim(f"{label}: training converged (loss drop over the last tenth: min(drop - 2%, drop - 3 SE) <= 0)",
+                    None, report["excess_drop"], 0.0, not report["still_falling"],
                     f"icl.convergence_report over the last {report['window']} steps; relative drop per seed "
                     f"{drops}" + (f"; {reasons}" if report["still_falling"] else ""),
                     seeds=seed_spread(report["relative_drop"]))]
     if report["excess_gap"] is not None:
-        claims.append(Claim(f"{label}: seeds agree (largest relative gap of window losses, less 3 SE, <= 2%)", None,
-                            report["excess_gap"], report["rtol"], not report["seeds_disagree"],
+        claims.append(Claim(f"{label}: seeds agree (window losses: min(gap - 2%, gap - 3 SE) <= 0)", None,
+                            report["excess_gap"], 0.0, not report["seeds_disagree"],
                             f"window mean loss per seed {', '.join(f'{m:.4g}' for m in report['window_mean'])}"
                             + (f"; {reasons}" if report["seeds_disagree"] else ""),
                             seeds=seed_spread(report["window_mean"])))
