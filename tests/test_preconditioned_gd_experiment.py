@@ -19,4 +19,5 @@ def test_experiment_end_to_end_passes_every_claim_for_both_priors(run_experiment
             expected = n / (n + 3 + 1 + sigma**2) * np.linalg.inv(np.asarray(run["x_cov"]))
             np.testing.assert_allclose(run["gamma_theory"], expected, rtol=1e-8)
         assert len(run["gamma_rel_error_per_seed"]) == 2 and run["convergence"]["converged"]
-    assert len(summary["claims"]) == 4 + 6
+    # per prior: Gamma, loss, GD Monte Carlo, loss flat, seeds agree; the inverse prior adds the two Dist claims
+    assert len(summary["claims"]) == 5 + 7
