@@ -94,7 +94,7 @@ class NoiseMixturePosteriorMean(Predictor):
     def __post_init__(self):
         leaves = (self.levels, self.level_weights, self.prior_cov, self.y_scale)
         if not all(is_concrete(v) for v in leaves):  # built inside a transformation: not validated
-            object.__setattr__(self, "root", jnp.linalg.cholesky(self.prior_cov))
+            object.__setattr__(self, "root", qr.prior_root(self.prior_cov))
             return
         levels, weights = check_noise_mixture(self.levels, self.level_weights)
         omega = np.asarray(self.prior_cov, np.float64)
@@ -109,8 +109,7 @@ class NoiseMixturePosteriorMean(Predictor):
         object.__setattr__(self, "level_weights", as_leaf(weights))
         object.__setattr__(self, "prior_cov", as_leaf(omega))
         object.__setattr__(self, "y_scale", as_leaf(scale))
-        evals, evecs = np.linalg.eigh(omega)  # the symmetric root F F^T = Omega, as BayesPosteriorMean's
-        object.__setattr__(self, "root", as_leaf((evecs * np.sqrt(np.clip(evals, 0.0, None))) @ evecs.T))
+        object.__setattr__(self, "root", as_leaf(qr.prior_root(omega)))  # F F^T = Omega, as BayesPosteriorMean's
 
     # ------------------------------------------------------------------------------------------------------
     # Evaluation: one compiled program per shape and dtype for the query, one for every prefix, shared by

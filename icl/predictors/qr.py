@@ -24,13 +24,48 @@ solved against the fitted factor, so its gradient never runs through the scans.
 
 :func:`fit` and :func:`every_prefix` take a batch (``x: [batch, n, d]``; the rotations run time-major over
 the whole batch); :func:`predict`, :func:`weights` and :func:`back_solve` work on one prompt and are
-``vmap``-ed by the callers.
+``vmap``-ed by the callers. :func:`prior_root` (with :func:`cholesky`) gives the prior factor ``F``
+(``F F^T = Omega``) that the Bayes predictors turn into ridge on ``X F``.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from icl.predictors.base import is_concrete
+
+
+def cholesky(a: jax.Array) -> jax.Array:
+    """Lower Cholesky factor ``L`` with ``L L^T = A`` for SPD ``a: [..., d, d]`` (outer-product form), in plain
+    ``jax.numpy``: on CPU, jaxlib 0.10 runs batched LAPACK factorisations through a parallel batch map that we saw
+    deadlock on a 2-core machine inside a ``lax.scan``; the matrices here are tiny. Step ``j``: ``l = A[:, j] / sqrt(A[j, j])`` on rows ``>= j``, then ``A <- A - l l^T``.
+    """
+    d = a.shape[-1]
+    rows = jnp.arange(d)
+
+    def step(j, carry):
+        rem, low = carry
+        col = jnp.take(rem, j, axis=-1)  # [..., d]
+        pivot = jnp.sqrt(jnp.take(col, j, axis=-1))
+        lcol = jnp.where(rows >= j, col / pivot[..., None], 0.0)
+        low = jnp.where(rows == j, lcol[..., :, None], low)  # set column j
+        rem = rem - lcol[..., :, None] * lcol[..., None, :]
+        return rem, low
+
+    _, low = jax.lax.fori_loop(0, d, step, (a, jnp.zeros_like(a)))
+    return low
+
+
+def prior_root(prior_cov):
+    """A factor ``F`` with ``F F^T = Omega``: the symmetric root (float64 numpy eigh) when concrete, so that an
+    isotropic prior keeps rotation equivariance; a Cholesky factor (pure JAX) when traced."""
+    if is_concrete(prior_cov):
+        omega = np.asarray(prior_cov, np.float64)
+        evals, evecs = np.linalg.eigh(0.5 * (omega + omega.T))
+        return (evecs * np.sqrt(np.clip(evals, 0.0, None))) @ evecs.T
+    return cholesky(prior_cov)
 
 
 def _rtol(d: int, dtype) -> float:

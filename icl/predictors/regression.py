@@ -53,27 +53,6 @@ _RIDGE_HINT = (
 )
 
 
-def cholesky(a: jax.Array) -> jax.Array:
-    """Lower Cholesky factor ``L`` with ``L L^T = A`` for SPD ``a: [..., d, d]`` (outer-product form), in plain
-    ``jax.numpy``: on CPU, jaxlib 0.10 runs batched LAPACK factorisations through a parallel batch map that we saw
-    deadlock on a 2-core machine inside a ``lax.scan``; the matrices here are tiny. Step ``j``: ``l = A[:, j] / sqrt(A[j, j])`` on rows ``>= j``, then ``A <- A - l l^T``.
-    """
-    d = a.shape[-1]
-    rows = jnp.arange(d)
-
-    def step(j, carry):
-        rem, low = carry
-        col = jnp.take(rem, j, axis=-1)  # [..., d]
-        pivot = jnp.sqrt(jnp.take(col, j, axis=-1))
-        lcol = jnp.where(rows >= j, col / pivot[..., None], 0.0)
-        low = jnp.where(rows == j, lcol[..., :, None], low)  # set column j
-        rem = rem - lcol[..., :, None] * lcol[..., None, :]
-        return rem, low
-
-    _, low = jax.lax.fori_loop(0, d, step, (a, jnp.zeros_like(a)))
-    return low
-
-
 def _check_lam(lam, name: str = "lam"):
     return check_scalar(name, lam, positive=True, hint=_RIDGE_HINT)
 
@@ -201,16 +180,6 @@ def ridge(lam) -> Ridge:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def prior_root(prior_cov):
-    """A factor ``F`` with ``F F^T = Omega``: the symmetric root (float64 numpy eigh) when concrete, so that an
-    isotropic prior keeps rotation equivariance; a Cholesky factor (pure JAX) when traced."""
-    if is_concrete(prior_cov):
-        omega = np.asarray(prior_cov, np.float64)
-        evals, evecs = np.linalg.eigh(0.5 * (omega + omega.T))
-        return (evecs * np.sqrt(np.clip(evals, 0.0, None))) @ evecs.T
-    return cholesky(prior_cov)
-
-
 def _check_prior(prior_cov, noise_std, d: int | None = None):
     noise = check_scalar("noise_std", noise_std, nonnegative=True)
     if not is_concrete(prior_cov):
@@ -252,7 +221,7 @@ def posterior(x: jax.Array, y: jax.Array, prior_cov, noise_std) -> tuple[jax.Arr
     """
     x, y = check_context("posterior", x, y)
     omega, noise = _check_prior(prior_cov, noise_std, x.shape[-1])
-    root = jnp.asarray(prior_root(omega), x.dtype)
+    root = jnp.asarray(qr.prior_root(omega), x.dtype)
     return _posterior(x, y, root, jnp.asarray(noise, x.dtype) ** 2)
 
 
@@ -296,7 +265,7 @@ class BayesPosteriorMean(Predictor):
         omega, noise = _check_prior(self.prior_cov, self.noise_std)
         object.__setattr__(self, "prior_cov", as_leaf(omega))
         object.__setattr__(self, "noise_std", as_leaf(noise))
-        object.__setattr__(self, "root", as_leaf(prior_root(omega)) if is_concrete(omega) else prior_root(omega))
+        object.__setattr__(self, "root", as_leaf(qr.prior_root(omega)) if is_concrete(omega) else qr.prior_root(omega))
 
     def _name(self):
         return type(self).__name__

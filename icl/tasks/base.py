@@ -29,6 +29,7 @@ __all__ = [
     "Task",
     "check_int",
     "check_non_negative",
+    "covariance_factor",
     "check_positive",
     "check_positive_int",
     "check_prompt_shapes",
@@ -120,6 +121,16 @@ def check_positive(name: str, value) -> float:
 def _resolvable_condition() -> float:
     """The largest condition number the active JAX float type resolves to half its digits: ``1/sqrt(eps)``."""
     return float(1.0 / np.sqrt(np.finfo(jnp.asarray(0.0).dtype).eps))
+
+
+def covariance_factor(m: np.ndarray) -> np.ndarray:
+    """A factor ``F`` with ``F F^T = M`` for a checked covariance (:func:`check_spd`): Cholesky, or
+    ``U sqrt(Lambda)`` where Cholesky fails numerically (a matrix semidefinite to rounding)."""
+    try:
+        return np.linalg.cholesky(m)
+    except np.linalg.LinAlgError:
+        lam, u = np.linalg.eigh(m)
+        return u * np.sqrt(np.maximum(lam, 0.0))
 
 
 def check_spd(name: str, matrix, d: int, warn: bool = True) -> np.ndarray:

@@ -17,19 +17,11 @@ from icl.tasks.base import (
     check_positive,
     check_positive_int,
     check_spd,
+    covariance_factor,
     random_rotation,
 )
 
 __all__ = ["LinearRegressionTask", "weight_prior"]
-
-
-def _factor(m: np.ndarray) -> np.ndarray:
-    """A factor ``F`` with ``F F^T = M``: Cholesky, or ``U sqrt(Lambda)`` where Cholesky fails numerically."""
-    try:
-        return np.linalg.cholesky(m)
-    except np.linalg.LinAlgError:
-        lam, u = np.linalg.eigh(m)
-        return u * np.sqrt(np.maximum(lam, 0.0))
 
 
 @pytree_dataclass
@@ -66,8 +58,8 @@ class LinearRegressionTask(Task):
         object.__setattr__(self, "noise_std", noise)
         object.__setattr__(self, "x_cov", x_cov)
         object.__setattr__(self, "w_cov", w_cov)
-        object.__setattr__(self, "_x_chol", _factor(x_cov))
-        object.__setattr__(self, "_w_chol", _factor(w_cov))
+        object.__setattr__(self, "_x_chol", covariance_factor(x_cov))
+        object.__setattr__(self, "_w_chol", covariance_factor(w_cov))
 
     @classmethod
     def isotropic(cls, d: int, noise_std: float = 0.0, tau: float = 1.0) -> LinearRegressionTask:

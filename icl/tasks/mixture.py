@@ -24,6 +24,7 @@ from icl.tasks.base import (
     check_int,
     check_positive,
     check_spd,
+    covariance_factor,
     default_dtype,
 )
 
@@ -113,7 +114,7 @@ class NoiseMixtureTask(Task):
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "psi", psi)
         object.__setattr__(self, "x_cov", x_cov)
-        object.__setattr__(self, "_x_chol", _cholesky(x_cov))
+        object.__setattr__(self, "_x_chol", covariance_factor(x_cov))
 
     @property
     def num_levels(self) -> int:
@@ -164,14 +165,6 @@ class NoiseMixtureTask(Task):
         not Gaussian given ``w``: closed forms for predictors linear in ``y`` hold, Gaussian posteriors do not)."""
         return GaussianLaw(np.asarray(self.x_cov), self.w_cov, self.noise_std, w_gaussian=False,
                            family=type(self).__name__)
-
-
-def _cholesky(m: np.ndarray) -> np.ndarray:
-    try:
-        return np.linalg.cholesky(m)
-    except np.linalg.LinAlgError:  # numerically semidefinite despite check_spd: the eigen-factor
-        lam, u = np.linalg.eigh(m)
-        return u * np.sqrt(np.maximum(lam, 0.0))
 
 
 @functools.partial(jax.jit, static_argnames=("batch",))
