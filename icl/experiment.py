@@ -6,10 +6,12 @@ flags, its ``--quick`` overrides and a ``run(args) -> Outcome`` function) and en
 
 1. parses and range-checks every flag before any work (an argparse error: exit code 2, nothing written);
    ``--quick`` (and named presets such as ``--fast``) set new defaults that explicit flags still override;
+   ``--config FILE`` (a run folder's ``config.json`` or ``summary.json``) sets every setting of that run, and
+   flags given beside it override them;
 2. turns on JAX's persistent compilation cache (``--compilation-cache`` or the ``ICL_COMPILATION_CACHE``
    environment variable: a folder, or ``off``; default ``~/.cache/icl/jax``, under ``$XDG_CACHE_HOME`` when set);
 3. runs the experiment; a training run that diverges becomes a failed claim, not a traceback;
-4. writes ``summary.json`` and the figures with :func:`icl.io.write_run` (one atomic folder, provenance
+4. writes ``summary.json``, ``config.json`` (the resolved settings, what ``--config`` reads) and the figures with :func:`icl.io.write_run` (one atomic folder, provenance
    included) into ``--out`` or ``results/<experiment>-<hash of config and precision>``;
 5. prints the claims and exits 0 only when every claim passed.
 
@@ -22,6 +24,7 @@ the weights), :func:`final_train_loss`, :func:`convergence_claim` (is training f
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -70,7 +73,7 @@ __all__ = [
 ]
 
 RESULTS_ROOT = Path("results")
-NOT_CONFIG = ("out", "progress", "quick", "checkpoint_every", "resume", "compilation_cache", "fast")
+NOT_CONFIG = ("out", "progress", "quick", "checkpoint_every", "resume", "compilation_cache", "fast", "config_file")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -202,16 +205,62 @@ class Experiment:
                        help="JAX persistent compilation cache folder, or 'off' (default: $ICL_COMPILATION_CACHE, "
                             "else ~/.cache/icl/jax)")
         p.add_argument("--progress", action="store_true", help="print training progress")
+        p.add_argument("--config", dest="config_file", default=None, metavar="FILE",
+                       help="rerun a run: its config.json or summary.json sets every setting; flags given beside "
+                            "it override them")
         return p
+
+    def _config_argv(self, p: argparse.ArgumentParser, path: str) -> tuple[list[str], dict]:
+        """The flags that reproduce the settings stored in ``path``, and those settings. Exit 2 on a file that
+        is not this experiment's configuration."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            p.error(f"--config {path!r}: cannot read a JSON configuration ({err})")
+        if not isinstance(data, dict):
+            p.error(f"--config {path!r}: expected a JSON object")
+        if data.get("experiment", self.name) != self.name:
+            p.error(f"--config {path!r}: a configuration of {data['experiment']!r}, not {self.name!r}")
+        settings = data.get("config", {k: v for k, v in data.items() if k != "experiment"})
+        if not isinstance(settings, dict):
+            p.error(f"--config {path!r}: 'config' must be a JSON object")
+        actions = {a.dest: a for a in p._actions if a.option_strings}
+        tokens: list[str] = []
+        for key, value in settings.items():
+            action = actions.get(key)
+            if key in NOT_CONFIG:
+                p.error(f"--config {path!r}: {key!r} is not a setting of {self.name}")
+            if action is None:  # a setting derived from others (checked once they are parsed)
+                continue
+            flag = action.option_strings[0]
+            if action.nargs == 0:  # store_true / store_false
+                if value not in (True, False):
+                    p.error(f"--config {path!r}: {key!r} must be true or false, got {value!r}")
+                tokens += [flag] if value == action.const else []
+            elif value is None:
+                if action.default is not None:
+                    p.error(f"--config {path!r}: {key!r} is null, which no flag value sets")
+            elif isinstance(value, list):
+                tokens += [flag, *map(str, value)]
+            else:
+                tokens += [flag, str(value)]
+        return tokens, settings
 
     def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
         """Parse and validate ``argv``: exit code 2 with a message on any bad flag; nothing is written."""
         p = self.parser()
+        argv = list(sys.argv[1:] if argv is None else argv)
         probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         probe.add_argument("--quick", action="store_true")
+        probe.add_argument("--config", dest="config_file", default=None)
         for preset in self.presets:
             probe.add_argument("--" + preset, action="store_true")
         known, _ = probe.parse_known_args(argv)
+        stored = None
+        if known.config_file is not None:
+            given = _given(p, argv)
+            tokens, stored = self._config_argv(p, known.config_file)
+            argv = tokens + argv  # later flags win: the ones given beside --config override the file
         if known.quick:
             p.set_defaults(**self.quick)
         for preset, (values, _) in self.presets.items():
@@ -225,6 +274,20 @@ class Experiment:
         if "steps" in self.flags and getattr(args, "checkpoint_every", 0) > args.steps:
             p.error(f"--checkpoint-every must be <= --steps ({args.steps})")
         args.config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+        if stored is not None:
+            flags = {a.dest for a in p._actions if a.option_strings}
+            for key, value in stored.items():
+                if key not in args.config:
+                    p.error(f"--config {known.config_file!r}: {key!r} is not a setting of {self.name}")
+                derived = key not in flags  # follows from the others: checked when none was overridden
+                if key not in given and not (derived and given - set(NOT_CONFIG)) \
+                        and json.loads(json.dumps(args.config[key])) != value:
+                    p.error(f"--config {known.config_file!r}: {key!r} = {value!r} resolves to "
+                            f"{args.config.get(key)!r} in this version of {self.name}")
+            missing = sorted(set(args.config) - set(stored) - given)
+            if missing:
+                print(f"note: --config {known.config_file}: {', '.join(missing)} not in the file; the defaults "
+                      "apply", file=sys.stderr)
         out = Path(args.out) if args.out else RESULTS_ROOT / f"{self.name}-{config_hash(args.config)}"
         problem = _unwritable(out)
         if problem:
@@ -232,6 +295,20 @@ class Experiment:
         args.out_dir = out
         args.checkpoint_root = out.parent / ".checkpoints" / out.name
         return args
+
+
+def _given(p: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The settings named on the command line itself (not by a default, a preset or ``--config``)."""
+    q = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for a in p._actions:
+        if not a.option_strings or a.dest == "help":
+            continue
+        if a.nargs == 0:
+            q.add_argument(*a.option_strings, dest=a.dest, action="store_const", const=a.const,
+                           default=argparse.SUPPRESS)
+        else:
+            q.add_argument(*a.option_strings, dest=a.dest, nargs=a.nargs, default=argparse.SUPPRESS)
+    return set(vars(q.parse_known_args(argv)[0]))
 
 
 def _describe(values: Mapping) -> str:
@@ -321,7 +398,8 @@ def run_experiment(spec: Experiment, argv: Sequence[str] | None = None) -> dict:
         "provenance": {**provenance(), "compilation_cache": cache},
         **outcome.extra,
     }
-    written = write_run(args.out_dir, summary, outcome.figures)
+    config = {"experiment": spec.name, "config": args.config}
+    written = write_run(args.out_dir, summary, outcome.figures, files={"config.json": config})
     print_claims(outcome.claims)
     print(f"wrote {args.out_dir}/summary.json and {', '.join(written['figures']) or 'no figures'} in {seconds:.1f}s")
     return {"claims": outcome.claims, "runs": outcome.runs, "out_dir": args.out_dir, "seconds": seconds,

@@ -364,7 +364,7 @@ def _render_figure(fig) -> bytes:
 
 
 def write_run(out_dir, summary: dict, figures: Mapping[str, object] | None = None,
-              render: Callable[[object], bytes] = _render_figure) -> dict:
+              render: Callable[[object], bytes] = _render_figure, files: Mapping[str, object] | None = None) -> dict:
     """Write a run folder atomically: ``summary.json`` plus figures, renamed into place together.
 
     Args:
@@ -374,6 +374,8 @@ def write_run(out_dir, summary: dict, figures: Mapping[str, object] | None = Non
         ``nonfinite_values``; a claim with a non-finite measured value fails).
       figures: ``{file name: matplotlib Figure or bytes or a callable returning either}``. A figure that fails
         to render is left out and its error recorded under ``figure_errors`` (the summary is still written).
+      files: other JSON files of the run, ``{file name: JSON-able object}`` (the experiment runner writes
+        ``config.json``, the resolved settings that ``--config`` reads back).
     Returns:
       The summary as written (with ``figures`` listing the files written).
     """
@@ -401,7 +403,9 @@ def write_run(out_dir, summary: dict, figures: Mapping[str, object] | None = Non
     try:
         tmp.mkdir()
         os.chmod(tmp, DIR_MODE)
-        for name, blob in [("summary.json", data), *blobs.items()]:
+        extra = [(name, (json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n").encode())
+                 for name, obj in (files or {}).items()]
+        for name, blob in [("summary.json", data), *extra, *blobs.items()]:
             (tmp / name).write_bytes(blob)
             os.chmod(tmp / name, FILE_MODE)
         _rename_into_place(tmp, out_dir)

@@ -100,6 +100,64 @@ def test_quick_sets_new_defaults_that_explicit_flags_override(tmp_path):
     assert (fast.steps, fast.schedule) == (500, "cosine")
 
 
+ALL_SCRIPTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if p.stem != "reproduce_all")
+
+
+def write_config(path: Path, name: str, config: dict) -> str:
+    path.write_text(json.dumps({"experiment": name, "config": json.loads(json.dumps(config))}))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ALL_SCRIPTS)
+@pytest.mark.parametrize("preset", [[], ["--quick"]])
+def test_config_file_reproduces_every_setting_of_every_script(name, preset, tmp_path):
+    spec = script(name).SPEC
+    first = spec.parse([*preset, "--out", str(tmp_path / "a")])
+    again = spec.parse(["--config", write_config(tmp_path / "c.json", name, first.config), "--out", str(tmp_path)])
+    assert again.config == first.config and again.out_dir == tmp_path
+
+
+def test_flags_beside_config_override_it_and_the_rest_comes_from_the_file(tmp_path):
+    spec = script("preconditioned_gd").SPEC
+    first = spec.parse(["--quick", "--noise", "0.1", "0.5", "--x-cov-eigs", "1", "0.5"])
+    path = write_config(tmp_path / "c.json", "preconditioned_gd", first.config)
+    again = spec.parse(["--config", path, "--seed", "9", "--x-cov-eigs", "1", "0.5", "0.25"])
+    assert again.seed == 9 and again.noise == [0.1, 0.5] and again.steps == first.steps
+    assert again.d == 3  # a derived setting follows the overriding flags, not the file
+    summary = tmp_path / "summary.json"  # a run's summary.json is read the same way (its "config" entry)
+    summary.write_text(json.dumps({"experiment": "preconditioned_gd", "config": first.config, "claims": []}))
+    assert spec.parse(["--config", str(summary)]).config == first.config
+
+
+@pytest.mark.parametrize("content, words", [
+    ({"experiment": "von_oswald", "config": {}}, "von_oswald"),  # another experiment's configuration
+    ({"experiment": "one_step_gd", "config": {"stepz": 3}}, "stepz"),  # not a setting of this script
+    ({"experiment": "one_step_gd", "config": {"steps": 0}}, "steps"),  # out of range: argparse's own check
+    ({"experiment": "one_step_gd", "config": {"out": "x"}}, "out"),  # not a setting
+    ("not json", "JSON"),
+])
+def test_a_config_file_that_is_not_this_experiments_exits_2_naming_the_problem(content, words, tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    message = parse_error("one_step_gd", ["--config", str(path), "--out", str(tmp_path / "o")], capsys)
+    assert words in message
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_run_folder_config_reruns_the_run_bit_for_bit(tmp_path):
+    spec = script("one_step_gd").SPEC
+    flags = ["--d", "2", "--n", "6", "--steps", "40", "--batch", "64", "--seeds", "1", "--eval-prompts", "512",
+             "--noise", "0.5", "--compilation-cache", "off"]
+    first = run_experiment(spec, [*flags, "--out", str(tmp_path / "a")])
+    stored = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert stored == {"experiment": "one_step_gd", "config": first["summary"]["config"]}
+    again = run_experiment(spec, ["--config", str(tmp_path / "a" / "config.json"), "--out", str(tmp_path / "b")])
+    assert again["summary"]["claims"] == first["summary"]["claims"]
+    untimed = [[{k: v for k, v in run.items() if k != "train_seconds"} for run in r["summary"]["runs"]]
+               for r in (first, again)]
+    assert untimed[0] == untimed[1]  # every number but the wall time
+
+
 def test_the_default_folder_depends_on_the_config_and_the_precision():
     import jax
 
