@@ -229,8 +229,11 @@ def gd_plus_plus_weights(x: jax.Array, y: jax.Array, step_sizes, gammas, precond
     are needed. All ``gamma = 0`` is :func:`gd_weights`.
 
     Args:
-      x: ``[batch, n, d]``; y: ``[batch, n]``; step_sizes: ``[K]``; gammas: ``[K - 1]`` (or ``[K]``, the
-      last one unused); preconditioner: ``P``, ``None`` (identity) or ``[d, d]``.
+      x: ``[batch, n, d]``.
+      y: ``[batch, n]``.
+      step_sizes: ``[K]``.
+      gammas: ``[K - 1]`` (or ``[K]``, the last one unused).
+      preconditioner: ``P``, ``None`` (identity) or ``[d, d]``.
     Returns:
       ``[batch, d]``.
     """

@@ -27,7 +27,7 @@ class UniformLinearTask(Task):
     test) is the task with ``half_width = alpha * a``. Theory: :func:`icl.theory.optimal_step_size` and the
     rest dispatch on its :class:`~icl.tasks.IIDLaw` (``s^2 = a^2/3``, ``m4 = a^4/5``).
 
-    Args:
+    Attributes:
       d: input dimension, >= 1.
       half_width: ``a > 0``; coordinates are uniform on ``[-a, a]``.
       noise_std: label-noise standard deviation sigma >= 0.

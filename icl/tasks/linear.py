@@ -30,7 +30,7 @@ class LinearRegressionTask(Task):
 
     ``eps ~ N(0, noise_std^2)``, one ``w`` per prompt, shared by its context and queries (docs/theory.md §1).
 
-    Args:
+    Attributes:
       d: input dimension, >= 1.
       noise_std: standard deviation sigma of the label noise, >= 0.
       x_cov: covariate covariance Sigma, ``[d, d]`` symmetric positive definite (default identity).

@@ -78,7 +78,7 @@ class NoiseMixtureTask(Task):
     One ``w`` and one noise level per prompt, shared by its context and queries; ``eps ~ N(0, 1)`` i.i.d.
     (Bai et al. 2023's noisy linear model with mixed noise levels; docs/theory.md, the noise-mixture section).
 
-    Args:
+    Attributes:
       d: input dimension, an integer >= 1.
       levels: the noise standard deviations ``sigma_1..sigma_K``, finite and >= 0 (0: noiseless prompts).
       weights: their probabilities ``pi_1..pi_K``, > 0, summing to 1 within 1e-6 (default: uniform).

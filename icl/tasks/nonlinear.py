@@ -42,7 +42,7 @@ class ReluNetworkTask(Task):
     ``x ~ N(0, I_d)``, ``y = f(x) + N(0, sigma^2)``. Rotation invariant because ``W O`` has the law of ``W``.
     ``Prompts.w`` holds ``E_x[x f(x)] = W^T v / (2 sqrt(m))`` (Stein: ``E[x relu(w^T x)] = w / 2``).
 
-    Args:
+    Attributes:
       d: input dimension, >= 1. width: hidden units ``m``, >= 1 (static). noise_std: sigma >= 0.
     """
 
@@ -144,7 +144,7 @@ class SingleIndexTask(Task):
     a sign function; ``index_std = 1/sqrt(d)`` keeps ``u^T x ~ N(0, ~1)`` in its curved part. Rotation invariant
     because ``u`` is isotropic. ``Prompts.w`` holds ``E_x[x f(x)] = E_z[g'(||u|| z)] u`` (Stein's lemma).
 
-    Args:
+    Attributes:
       d: input dimension, >= 1. link: one of :data:`LINKS` (static). index_std: > 0. noise_std: sigma >= 0.
     """
 

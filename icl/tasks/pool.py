@@ -31,7 +31,7 @@ class FiniteTaskPool(Task):
     (docs/theory.md §12); ``sample(key, batch, n, num_queries=None)`` as every task. ``Prompts.w`` holds
     the pool member used, so ``pool.weights`` tells which one it was.
 
-    Args:
+    Attributes:
       task: a linear task ``y = w^T x + noise`` whose prompts carry ``w`` (``LinearRegressionTask``,
         ``SparseLinearTask``, ``UniformLinearTask``, ...). Its input law and ``noise_std`` are reused.
       num_tasks: the pool size ``M >= 1``.

@@ -22,7 +22,7 @@ class SparseLinearTask(Task):
     ``Omega = (s/d) I`` (:class:`~icl.tasks.GaussianLaw` with ``w_gaussian=False``); LASSO and the Bayes
     predictor for a sparse prior are not covered by them.
 
-    Args:
+    Attributes:
       d: input dimension, >= 1. s: nonzero coordinates, ``1 <= s <= d`` (static). noise_std: sigma >= 0.
     """
 
