@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from icl.io import atomic_write
+from icl.progress import progress_bar
 
 HERE = Path(__file__).resolve().parent
 
@@ -116,6 +117,9 @@ def parse_args(argv=None):
                         help="folder for the report and the experiments' folders")
     parser.add_argument("--only", nargs="+", choices=NAMES, default=None, metavar="NAME",
                         help=f"run only these experiments (choose from {', '.join(NAMES)})")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="a progress bar over the experiments, and each script's own bars (default: on when "
+                             "stderr is a terminal)")
     args = parser.parse_args(argv)
     root = Path(args.out)
     probe = root
@@ -131,17 +135,20 @@ def main(argv=None) -> list[dict]:
     root = Path(args.out)
     start = time.perf_counter()
     sections = []
-    for name, paper in EXPERIMENTS:
-        if args.only and name not in args.only:
-            continue
-        folder = root / (name + ("-quick" if args.quick else "-scale"))
-        flags = (["--quick"] if args.quick else []) + ["--out", str(folder)]
-        print(f"=== {name} {' '.join(flags)}", flush=True)
-        t0 = time.perf_counter()
-        result = load(name).main(flags)
-        sections.append({"name": name, "paper": paper, "claims": result["claims"], "out_dir": str(result["out_dir"]),
-                         "figures": result["summary"]["figures"], "config": result["summary"].get("config", {}),
-                         "seconds": time.perf_counter() - t0})
+    chosen = [(name, paper) for name, paper in EXPERIMENTS if not args.only or name in args.only]
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    with progress_bar(progress, len(chosen), "reproduce_all", unit="experiment") as bar:
+        for name, paper in chosen:
+            folder = root / (name + ("-quick" if args.quick else "-scale"))
+            flags = (["--quick"] if args.quick else []) + ["--out", str(folder)] + (["--progress"] if progress else [])
+            bar.write(f"=== {name} {' '.join(flags)}", file=sys.stdout)
+            bar.set_postfix_str(name)
+            t0 = time.perf_counter()
+            result = load(name).main(flags)
+            sections.append({"name": name, "paper": paper, "claims": result["claims"],
+                             "out_dir": str(result["out_dir"]), "figures": result["summary"]["figures"],
+                             "config": result["summary"].get("config", {}), "seconds": time.perf_counter() - t0})
+            bar.update(1)
     partial = bool(args.only) and set(args.only) != set(NAMES)
     report = root / ("REPORT-partial.md" if partial else "REPORT.md" if args.quick else "REPORT-scale.md")
     atomic_write(report, render_report(report, sections, args.quick, time.perf_counter() - start, partial))

@@ -72,7 +72,7 @@ import jax
 import numpy as np
 
 import icl
-from icl.experiment import Experiment, Outcome, positive_int, script_main, train_config
+from icl.experiment import Experiment, Outcome, positive_int, script_main, train_config, train_models
 from icl.fingerprint import ATOL
 from icl.io import Claim, per_seed_claim, ratio_se, relative_claim
 
@@ -319,7 +319,8 @@ def transformer_claims(args, fps_noisy: list, fps_clean: list, finding: str = ""
 
 def train_lsa(args, layers: int, task, seeds: int):
     config = train_config(args, num_seeds=seeds, progress_every=0)
-    return icl.train(lambda rngs: icl.LinearTransformer(args.d, layers, rngs=rngs), task, config)
+    return train_models(args, lambda rngs: icl.LinearTransformer(args.d, layers, rngs=rngs), task, config,
+                        stage=f"lsa_L{layers}_sigma{float(task.noise_std):g}")
 
 
 def train_transformer(args, layers: int, task, seeds: int):
@@ -329,7 +330,7 @@ def train_transformer(args, layers: int, task, seeds: int):
                           grad_clip=1.0)
     model_fn = lambda rngs: icl.Transformer(args.d, num_layers=layers, width=args.tf_width,  # noqa: E731
                                             num_heads=args.tf_heads, max_pairs=args.n + 1, rngs=rngs)
-    return icl.train(model_fn, task, config)
+    return train_models(args, model_fn, task, config, stage=f"transformer_L{layers}_sigma{float(task.noise_std):g}")
 
 
 def run(args) -> Outcome:

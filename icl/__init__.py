@@ -1,7 +1,7 @@
 """icl: an in-context learning theory sandbox (JAX + Flax NNX + Optax).
 
 Tasks sample prompts; models, baselines and closed-form optima are all predictors (``Prompts -> [batch]``
-with ``.prefix(Prompts) -> [batch, n]``; the protocol is :mod:`icl.protocol`, docs/models.md); theory gives
+with ``.prefix(Prompts) -> [batch, n]``; the protocol is [`icl.protocol`][icl.protocol], docs/models.md); theory gives
 the closed forms they are measured against. See README.md, docs/ and docs/theory.md.
 """
 
@@ -24,7 +24,8 @@ from icl.theory import (
     optimal_multistep_step_sizes, optimal_risk, optimal_step_size, polynomial_risk, population_loss, risk,
     train_population, wishart_trace_moments, zfb_initialization, asymptotic_icl_error, fit_reduced_gamma,
     pretraining_features, pretraining_sizes, reduced_features, reduced_test_error, reduced_test_error_mc,
-    simulate_icl_error, solve_reduced_gamma, wishart_stieltjes)
+    simulate_icl_error, solve_reduced_gamma, wishart_stieltjes, optimal_tied_step_size, tied_gd_risk,
+    tied_gd_risk_polynomial)
 from icl.predictors import (
     Predictor, gradient_descent, gd_plus_plus, ridge, least_squares, bayes_posterior_mean, bayes_predictive,
     averaging, knn, lasso, nadaraya_watson, linear_predictor, GradientDescent, GDPlusPlus, Ridge, LeastSquares,
@@ -36,7 +37,8 @@ from icl.models import (
     lsa_from_parameters, LinearSelfAttention, LinearTransformer, prompt_tokens, gd_lsa_weights, align_gauge,
     lsa_blocks, implied_preconditioner, residual_terms, relative_error, dist_to_identity, SparseLSALayer,
     SparseLinearTransformer, layer_preconditioners, whiten_preconditioner, Transformer, plot_attention_maps,
-    set_gd_construction)
+    set_gd_construction, layer_step_sizes, loop_window_loss, LinearRNN, DiagonalSSM, SelectiveSSM, linear_scan)
+from icl.models.garg import load_garg_checkpoint, transformer_from_garg_state
 from icl.training import (
     run_engine, run_keys, gaussian_nll, TrainConfig, Curriculum, TrainResult, Snapshots, TrainingDivergedError, train,
     train_with_snapshots, convergence_report, training_loss, make_optimizer, mse_loss, LOSSES)
@@ -60,6 +62,9 @@ from icl.probes import (
 from icl.uncertainty import (
     Calibration, CalibrationComparison, calibration, compare_calibration, predictive_stats, shifted_task,
     shift_evaluation)
+from icl.plotting import (
+    plot_error_curves, plot_fingerprint_heatmap, plot_coverage, plot_pit_histogram, plot_task_diversity,
+    plot_learning_curves)
 
 try:
     __version__ = version("icl")
@@ -87,7 +92,7 @@ __all__ = [
     "recursive_least_squares_weights", "DiscreteMMSE", "DiscreteMMSEPredictive", "dmmse", "lsa_from_parameters",
     "LinearSelfAttention", "LinearTransformer", "prompt_tokens", "gd_lsa_weights", "align_gauge", "lsa_blocks",
     "implied_preconditioner", "residual_terms", "relative_error", "dist_to_identity", "SparseLSALayer",
-    "SparseLinearTransformer", "layer_preconditioners", "whiten_preconditioner", "Transformer", "plot_attention_maps",
+    "SparseLinearTransformer", "layer_preconditioners", "whiten_preconditioner", "Transformer", "plot_attention_maps", "load_garg_checkpoint", "transformer_from_garg_state",
     "set_gd_construction", "run_engine", "run_keys", "gaussian_nll", "TrainConfig", "Curriculum", "TrainResult",
     "Snapshots", "TrainingDivergedError", "train", "train_with_snapshots", "convergence_report", "training_loss",
     "make_optimizer", "mse_loss", "LOSSES", "sweep", "SweepResult", "grid_points", "run_sharding", "check_grid_keys",
@@ -100,5 +105,7 @@ __all__ = [
     "provenance", "config_hash", "atomic_write", "write_run", "remove_stale_temporaries", "plot_fingerprint",
     "FAMILIES", "Fingerprint", "fingerprint", "implicit_weights", "PROBE_TARGETS", "ProbeResult", "probe", "hidden_states",
     "Calibration", "CalibrationComparison", "calibration", "compare_calibration", "predictive_stats", "shifted_task",
-    "shift_evaluation",
+    "shift_evaluation", "plot_error_curves", "plot_fingerprint_heatmap", "plot_coverage", "plot_pit_histogram",
+    "plot_task_diversity", "plot_learning_curves", "optimal_tied_step_size", "tied_gd_risk", "tied_gd_risk_polynomial",
+    "layer_step_sizes", "loop_window_loss", "LinearRNN", "DiagonalSSM", "SelectiveSSM", "linear_scan",
 ]

@@ -5,15 +5,15 @@ into place) with three items:
 
 - ``arrays``: every seed's parameters and optimiser state (their leaves, in ``jax.tree`` order), the
   loss history ``[num_seeds, step]`` and the final losses;
-- ``meta`` (JSON): the format version, the step, the :class:`~icl.training.TrainConfig`, the model's
-  :func:`icl.protocol.model_spec` (class and ``spec()`` keyword arguments), a description of the task
-  (written by :class:`CheckpointDir`) and the parameters' leaf paths;
+- ``meta`` (JSON): the format version, the step, the [`TrainConfig`][icl.training.TrainConfig], the model's
+  [`icl.protocol.model_spec`][icl.protocol.model_spec] (class and ``spec()`` keyword arguments), a description of the task
+  (written by [`CheckpointDir`][icl.checkpoint.CheckpointDir]) and the parameters' leaf paths;
 - ``checksums`` (JSON): the sha256 of every stored array (its dtype, shape and bytes) and of the metadata
   (as a whole and field by field).
 
 Reading a checkpoint verifies it: an array or a metadata field that differs from its checksum (a flipped
 byte, an edited step or learning rate, a truncated file), or a checkpoint orbax cannot read, raises
-:class:`CheckpointCorruptError` (a ``ValueError``) naming the checkpoint and what failed; nothing corrupt is
+[`CheckpointCorruptError`][icl.checkpoint.CheckpointCorruptError] (a ``ValueError``) naming the checkpoint and what failed; nothing corrupt is
 ever loaded. Checkpoints of format version 2 (written before checksums) load with a warning, unverified.
 
 ``load_checkpoint(path)`` rebuilds the model from its spec, so ``model_fn`` is needed only for a model
@@ -77,7 +77,7 @@ def save_checkpoint(path: str | os.PathLike, result: TrainResult, *, overwrite: 
 
     Args:
       path: the checkpoint folder (created; its parent too). It must not exist unless ``overwrite``.
-      result: a :class:`~icl.training.TrainResult` (from :func:`icl.train`, a sweep or a checkpoint).
+      result: a [`TrainResult`][icl.training.TrainResult] (from [`icl.train`][icl.training.train], a sweep or a checkpoint).
       overwrite: replace an existing checkpoint at ``path``.
     Returns:
       The checkpoint folder as a ``Path``.
@@ -91,13 +91,13 @@ def save_checkpoint(path: str | os.PathLike, result: TrainResult, *, overwrite: 
 
 
 def load_checkpoint(path: str | os.PathLike, model_fn: Callable[[nnx.Rngs], nnx.Module] | None = None) -> TrainResult:
-    """Read a checkpoint written by :func:`save_checkpoint` or by a :class:`CheckpointDir`.
+    """Read a checkpoint written by [`save_checkpoint`][icl.checkpoint.save_checkpoint] or by a [`CheckpointDir`][icl.checkpoint.CheckpointDir].
 
     Args:
       path: a checkpoint folder, or a folder of ``step_XXXXXXXX`` checkpoints (its newest one).
       model_fn: builds the model (``model_fn(nnx.Rngs(0))``); needed only for a model without ``spec()``.
     Returns:
-      A :class:`~icl.training.TrainResult` (``opt_state`` and ``step`` included; ``step < config.steps``
+      A [`TrainResult`][icl.training.TrainResult] (``opt_state`` and ``step`` included; ``step < config.steps``
       for a checkpoint taken during training).
     Raises:
       CheckpointCorruptError: (a ValueError) an array or metadata field that does not match its checksum,
@@ -115,10 +115,10 @@ def load_checkpoint(path: str | os.PathLike, model_fn: Callable[[nnx.Rngs], nnx.
 
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
-    """The newest complete ``step_XXXXXXXX`` checkpoint in a :class:`CheckpointDir` folder (or None).
+    """The newest complete ``step_XXXXXXXX`` checkpoint in a [`CheckpointDir`][icl.checkpoint.CheckpointDir] folder (or None).
 
-    Complete means every item is present; its contents are verified when it is read (:func:`load_checkpoint`,
-    resuming, :func:`verify_checkpoint`)."""
+    Complete means every item is present; its contents are verified when it is read ([`load_checkpoint`][icl.checkpoint.load_checkpoint],
+    resuming, [`verify_checkpoint`][icl.checkpoint.verify_checkpoint])."""
     return next(iter(_step_folders(Path(checkpoint_dir))), None)
 
 
@@ -140,15 +140,15 @@ def verify_checkpoint(path: str | os.PathLike) -> Path:
 
 
 class CheckpointDir:
-    """The checkpoints of one :func:`icl.train` run: ``train(..., checkpoint=CheckpointDir(folder))``.
+    """The checkpoints of one [`icl.train`][icl.training.train] run: ``train(..., checkpoint=CheckpointDir(folder))``.
 
     Writes ``folder/step_XXXXXXXX`` every ``config.checkpoint_every`` steps and at the end, keeping the
     newest ``keep``. The folder must hold no checkpoint unless ``resume``; with ``resume=True`` training
     continues from the newest intact one (from scratch if there is none), refused with a ValueError naming
     the field when the config (``progress_every`` aside), the model's spec or the task differs from it.
-    A corrupt checkpoint (:class:`CheckpointCorruptError`) newer than the one resumed from is skipped with a
+    A corrupt checkpoint ([`CheckpointCorruptError`][icl.checkpoint.CheckpointCorruptError]) newer than the one resumed from is skipped with a
     warning naming it and why, and renamed ``step_XXXXXXXX.corrupt``; when none is intact, resuming is
-    refused with a :class:`CheckpointCorruptError` listing them (and nothing is renamed).
+    refused with a [`CheckpointCorruptError`][icl.checkpoint.CheckpointCorruptError] listing them (and nothing is renamed).
     """
 
     def __init__(self, folder: str | os.PathLike, resume: bool = False, keep: int = 2):
@@ -323,7 +323,7 @@ def _mismatches(saved: dict, values: dict) -> tuple[list, list, list]:
 
 
 def _verify(folder: Path, checksums, meta, arrays):
-    """Raise :class:`CheckpointCorruptError` unless ``meta`` and ``arrays`` match ``checksums``."""
+    """Raise [`CheckpointCorruptError`][icl.checkpoint.CheckpointCorruptError] unless ``meta`` and ``arrays`` match ``checksums``."""
     if not (isinstance(checksums, dict) and checksums.get("algorithm") == "sha256"
             and isinstance(checksums.get("meta"), str) and isinstance(checksums.get("meta_fields"), dict)
             and isinstance(checksums.get("arrays"), dict)):
@@ -345,7 +345,7 @@ def _verify(folder: Path, checksums, meta, arrays):
 
 
 def _read(folder: Path) -> tuple[dict, dict]:
-    """The verified ``(meta, arrays)`` of a checkpoint folder (:class:`CheckpointCorruptError` when corrupt)."""
+    """The verified ``(meta, arrays)`` of a checkpoint folder ([`CheckpointCorruptError`][icl.checkpoint.CheckpointCorruptError] when corrupt)."""
     import orbax.checkpoint as ocp
 
     has_checksums = (folder / "checksums").is_dir()

@@ -43,7 +43,7 @@ def compiler_options() -> dict | None:
 
 
 def jit(fun=None, **jit_kwargs):
-    """``jax.jit(fun, **jit_kwargs)`` compiled with :func:`compiler_options` (decided at the first call)."""
+    """``jax.jit(fun, **jit_kwargs)`` compiled with ``compiler_options`` (decided at the first call)."""
     if fun is None:
         return functools.partial(jit, **jit_kwargs)
     nested = jax.jit(fun, **jit_kwargs)

@@ -3,7 +3,7 @@
 The engine draws ``num_prompts`` fresh prompts from a task in chunks of ``chunk_size`` (``lax.scan`` over
 chunk keys ``jax.random.split(key, num_chunks)``), applies a statistic to every prompt and returns, per
 chunk, the sum and the sum of squared deviations from the chunk mean. Chunks are combined in float64
-with Chan et al.'s parallel formula (:func:`_mean_se`), so standard errors stay right in float32 even
+with Chan et al.'s parallel formula (``_mean_se``), so standard errors stay right in float32 even
 when the values barely vary (a cosine near 1).
 
 **Compiled once per shape.** The engine is a module-level ``jax.jit``; predictors are passed to it as
@@ -12,18 +12,19 @@ modules are split into a static graph definition and their state, and plain func
 (hashed by identity, so a new lambda per call compiles again). A second call with the same shapes and a
 different step size, penalty, noise level or trained model reuses the compiled program.
 
-Public: :func:`monte_carlo` (mean and SE of any per-prompt statistics pytree; the building block),
-:func:`compare_predictors` (losses, paired differences, gaps, sensitivity cosines), :func:`error_curve`
-and :func:`error_curves` (normalised squared error at every prefix, Garg et al. 2022),
-:func:`compare_with_reference` and :func:`evaluate_across_tasks` (von Oswald et al. 2023's metrics), and
-the per-prompt metrics :func:`prediction_gap`, :func:`sensitivities`, :func:`sensitivity_cosine`,
-:func:`reference_metrics`, plus :func:`snapshot_metrics` and :func:`interpolation_losses` along training
-(with :func:`interpolate`; the gauge fix ``align_gauge`` lives in :mod:`icl.models`)
+Public: [`monte_carlo`][icl.evaluate.monte_carlo] (mean and SE of any per-prompt statistics pytree; the building block),
+[`compare_predictors`][icl.evaluate.compare_predictors] (losses, paired differences, gaps, sensitivity cosines), [`error_curve`][icl.evaluate.error_curve]
+and [`error_curves`][icl.evaluate.error_curves] (normalised squared error at every prefix, Garg et al. 2022),
+[`compare_with_reference`][icl.evaluate.compare_with_reference] and [`evaluate_across_tasks`][icl.evaluate.evaluate_across_tasks] (von Oswald et al. 2023's metrics), and
+the per-prompt metrics [`prediction_gap`][icl.evaluate.prediction_gap], [`sensitivities`][icl.evaluate.sensitivities], [`sensitivity_cosine`][icl.evaluate.sensitivity_cosine],
+[`reference_metrics`][icl.evaluate.reference_metrics], plus [`snapshot_metrics`][icl.evaluate.snapshot_metrics] and [`interpolation_losses`][icl.evaluate.interpolation_losses] along training
+(with [`interpolate`][icl.evaluate.interpolate]; the gauge fix ``align_gauge`` lives in [`icl.models`][icl.models])
 and in weight space (docs/theory.md §2, §5, §9).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -34,6 +35,7 @@ import numpy as np
 from flax import nnx
 
 from icl import compiler
+from icl.progress import progress_bar
 from icl.protocol import check_output, mean_of, returns_variance
 from icl.pytree import Static, is_pytree
 from icl.tasks import Prompts, check_positive_int
@@ -153,7 +155,7 @@ def _mean_se(sums, m2s, chunk: int) -> tuple[np.ndarray, np.ndarray]:
 
 def mean_se(values, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard error (float64) of per-prompt ``values`` along ``axis``: the SE helper for values
-    already in hand (the same formula as :func:`monte_carlo`'s, with one chunk). Needs two values or more."""
+    already in hand (the same formula as [`monte_carlo`][icl.evaluate.monte_carlo]'s, with one chunk). Needs two values or more."""
     v = np.moveaxis(np.asarray(values, np.float64), axis, 0)
     if v.shape[0] < 2:
         raise ValueError(f"mean_se needs at least 2 values along axis {axis}, got {v.shape[0]}")
@@ -162,7 +164,7 @@ def mean_se(values, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class MonteCarlo:
-    """Result of :func:`monte_carlo`: ``mean`` and ``se`` (pytrees shaped like the statistics, float64
+    """Result of [`monte_carlo`][icl.evaluate.monte_carlo]: ``mean`` and ``se`` (pytrees shaped like the statistics, float64
     numpy, one entry per statistic with the prompt axis averaged out) over ``num_prompts`` prompts."""
 
     mean: Any
@@ -187,6 +189,8 @@ def monte_carlo(
     n: int,
     num_prompts: int = 100_000,
     chunk_size: int = 10_000,
+    *,
+    progress=False,
 ) -> MonteCarlo:
     """Mean and standard error over fresh prompts of any per-prompt statistics: the engine itself.
 
@@ -203,8 +207,13 @@ def monte_carlo(
         same key, chunk size and ``n``, whatever the predictors: common random numbers).
       n: context length. num_prompts: prompts (>= 2), rounded up to whole chunks.
       chunk_size: prompts per chunk (bounds memory).
+      progress: show a progress bar on stderr (tqdm), one step per chunk: True (a bar named "monte_carlo"), a
+        string (a bar of that name), or an open bar (anything with ``update(n)``, e.g. [`progress_bar`][icl.progress.progress_bar]'s)
+        to advance, so that several calls share one bar. The chunks then run as one compiled call each (one
+        more compiled program, for a single chunk) so that the bar moves between them, from Python; the
+        prompts and statistics are the same.
     Returns:
-      :class:`MonteCarlo` (``mean`` and ``se`` trees of float64 numpy; ``num_prompts`` actually used).
+      [`MonteCarlo`][icl.evaluate.MonteCarlo] (``mean`` and ``se`` trees of float64 numpy; ``num_prompts`` actually used).
     """
     n, num_chunks, chunk = _check_sizes(n, num_prompts, chunk_size)
     single = predictors is not None and not isinstance(predictors, Mapping)
@@ -220,9 +229,24 @@ def monte_carlo(
     except TypeError:
         raise ValueError("stat_fn must be hashable (a function or a frozen dataclass); it is a static jit argument") \
             from None
-    sums = _engine(dynamics, task_arg, jax.random.split(key, num_chunks), stat_fn=stat_fn, statics=tuple(statics),
-                   single=single, chunk=chunk, n=n)
-    sums, m2s = sums
+    run = functools.partial(_engine, dynamics, task_arg, stat_fn=stat_fn, statics=tuple(statics), single=single,
+                            chunk=chunk, n=n)
+    keys = jax.random.split(key, num_chunks)
+    shared = hasattr(progress, "update")  # an open bar of the caller's (tested first: a bar's bool may raise)
+    if not shared and not progress:
+        sums, m2s = run(keys)
+    else:
+        bar = progress if shared else progress_bar(True, num_chunks,
+                                                   progress if isinstance(progress, str) else "monte_carlo")
+        try:
+            parts = []
+            for c in range(num_chunks):  # one compiled call per chunk; the bar moves between them, from Python
+                parts.append(jax.block_until_ready(run(keys[c:c + 1])))
+                bar.update(1)
+        finally:
+            if not shared:
+                bar.close()
+        sums, m2s = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *parts)
     flat_sums, treedef = jax.tree.flatten(sums)
     stats = [_mean_se(s, m2, chunk) for s, m2 in zip(flat_sums, jax.tree.leaves(m2s))]
     mean = jax.tree.unflatten(treedef, [m for m, _ in stats])
@@ -259,7 +283,7 @@ def sensitivities(predictor, prompts: Prompts) -> jax.Array:
 
 
 def query_marginal_loss(task):
-    """A training loss for :func:`icl.train` with the query averaged out exactly (Rao-Blackwellised).
+    """A training loss for [`icl.train`][icl.training.train] with the query averaged out exactly (Rao-Blackwellised).
 
     For a predictor linear in the query, ``y_hat = x_q^T w_hat(context)`` (every LSA stack, GD and GD++),
     ``E[(y_hat - y_q)^2 | context, w] = (w_hat - w)^T Sigma (w_hat - w) + sigma^2`` for a linear task with
@@ -316,7 +340,7 @@ def reference_metrics(predictor, reference, prompts: Prompts) -> dict[str, jax.A
 
 @dataclass(frozen=True)
 class Comparison:
-    """Result of :func:`compare_predictors`; every number comes with its standard error.
+    """Result of [`compare_predictors`][icl.evaluate.compare_predictors]; every number comes with its standard error.
 
     Attributes:
       num_prompts: prompts evaluated (all predictors saw the same ones).
@@ -375,8 +399,10 @@ def compare_predictors(
     pairs: Sequence[tuple[str, str]] = (),
     chunk_size: int = 10_000,
     cosine_pairs: Sequence[tuple[str, str]] | None = None,
+    *,
+    progress: bool = False,
 ) -> Comparison:
-    """Evaluate predictors on the same fresh prompts (one compiled program per shape; :func:`monte_carlo`).
+    """Evaluate predictors on the same fresh prompts (one compiled program per shape; [`monte_carlo`][icl.evaluate.monte_carlo]).
 
     Args:
       predictors: ``{name: predictor}``; each ``Prompts -> [batch]`` (or ``(mean, var)``: the mean is
@@ -389,8 +415,9 @@ def compare_predictors(
       chunk_size: prompts per chunk (bounds memory).
       cosine_pairs: the pairs (a subset of ``pairs``) that also get the sensitivity cosine, which costs
         a backward pass per predictor; default all of ``pairs``.
+      progress: show a progress bar on stderr, one step per chunk ([`monte_carlo`][icl.evaluate.monte_carlo]).
     Returns:
-      :class:`Comparison`.
+      [`Comparison`][icl.evaluate.Comparison].
     Raises:
       ValueError: a predictor output of the wrong shape (named), an unknown pair name, bad sizes.
     A predictor that returns NaN or inf on some prompts gets loss ``(nan, nan)`` and a count in
@@ -402,7 +429,8 @@ def compare_predictors(
         if pair not in pairs:
             raise ValueError(f"cosine_pairs entry {pair} must also be in pairs")
     stat = _CompareStats(tuple(names), tuple(pairs), tuple(cosine_pairs))
-    result = monte_carlo(stat, dict(predictors), task, key, n, num_prompts, chunk_size)
+    result = monte_carlo(stat, dict(predictors), task, key, n, num_prompts, chunk_size,
+                         progress="compare_predictors" if progress is True else progress)
     mean, se, count = result.mean, result.se, result.num_prompts
     bad = {name: int(round(float(mean["bad"][i]) * count)) for i, name in enumerate(names)}
     losses = {}
@@ -477,24 +505,30 @@ def _signal_variance(task) -> float:
 
 
 def error_curves(predictors: Mapping[str, Callable], task, key: jax.Array, n: int, num_prompts: int = 10_000,
-                 chunk_size: int = 2_000) -> dict[str, ErrorCurve]:
-    """:func:`error_curve` of several predictors on the same prompts (one pass; common random numbers)."""
+                 chunk_size: int = 2_000, *, progress: bool = False) -> dict[str, ErrorCurve]:
+    """[`error_curve`][icl.evaluate.error_curve] of several predictors on the same prompts (one pass; common random numbers).
+
+    ``progress``: show a progress bar on stderr, one step per chunk. Draw the result with
+    [`icl.plotting.plot_error_curves`][icl.plotting.plot_error_curves]."""
     names = tuple(predictors)
-    result = monte_carlo(_CurveStats(names), dict(predictors), task, key, n, num_prompts, chunk_size)
+    result = monte_carlo(_CurveStats(names), dict(predictors), task, key, n, num_prompts, chunk_size,
+                         progress="error_curves" if progress is True else progress)
     norm = _signal_variance(task)
     return {name: ErrorCurve(result.mean[name] / norm, result.se[name] / norm, norm, result.num_prompts)
             for name in names}
 
 
 def error_curve(predictor, task, key: jax.Array, n: int, num_prompts: int = 10_000,
-                chunk_size: int = 2_000) -> ErrorCurve:
+                chunk_size: int = 2_000, *, progress: bool = False) -> ErrorCurve:
     """Squared error of ``predictor.prefix`` at every ``k = 1..n``, divided by the task's noiseless ``E[y^2]``.
 
     Garg et al. (2022)'s curve: ``mean[k - 1]`` estimates ``E[(prefix_k - y_k)^2] / task.signal_variance()``
     with its standard error ``se[k - 1]`` over ``num_prompts`` prompts (rounded up to whole chunks). The
-    predictor needs ``.prefix`` (a ValueError names it otherwise). Returns :class:`ErrorCurve`.
+    predictor needs ``.prefix`` (a ValueError names it otherwise). ``progress``: show a progress bar on stderr.
+    Returns [`ErrorCurve`][icl.evaluate.ErrorCurve].
     """
-    return error_curves({"predictor": predictor}, task, key, n, num_prompts, chunk_size)["predictor"]
+    return error_curves({"predictor": predictor}, task, key, n, num_prompts, chunk_size,
+                        progress=progress)["predictor"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -508,14 +542,14 @@ class _ReferenceStats:
 
 
 def compare_with_reference(predictor, reference, task, key: jax.Array, n: int, num_prompts: int = 100_000,
-                           chunk_size: int = 10_000) -> dict[str, tuple[float, float]]:
-    """Mean and standard error of every :func:`reference_metrics` entry on fresh prompts of ``task``.
+                           chunk_size: int = 10_000, *, progress: bool = False) -> dict[str, tuple[float, float]]:
+    """Mean and standard error of every [`reference_metrics`][icl.evaluate.reference_metrics] entry on fresh prompts of ``task``.
 
-    Both predictors see the same prompts (so ``loss_diff`` is a paired difference). Returns
-    ``{name: (mean, se)}``.
+    Both predictors see the same prompts (so ``loss_diff`` is a paired difference). ``progress``: show a
+    progress bar on stderr. Returns ``{name: (mean, se)}``.
     """
     out = monte_carlo(_ReferenceStats(), {"predictor": predictor, "reference": reference}, task, key, n,
-                      num_prompts, chunk_size)
+                      num_prompts, chunk_size, progress="compare_with_reference" if progress is True else progress)
     return {k: (float(out.mean[k]), float(out.se[k])) for k in out.mean}
 
 
@@ -531,19 +565,21 @@ class _LossStats:
 
 def evaluate_across_tasks(predictors: Mapping[str, Callable], tasks: Sequence, key: jax.Array, n: int,
                           num_prompts: int = 100_000, pairs: Sequence[tuple[str, str]] = (),
-                          chunk_size: int = 10_000) -> dict:
+                          chunk_size: int = 10_000, *, progress: bool = False) -> dict:
     """MSE of each predictor on each of several tasks of one kind (e.g. inputs scaled out of distribution).
 
     Every task uses the same chunk keys (common random numbers) and, being a pytree with the same
     structure, the same compiled program. For each pair ``(a, b)`` the paired difference of squared
-    errors is reported too.
+    errors is reported too. ``progress``: show a progress bar on stderr (one per task).
 
     Returns:
       ``{"loss": {name: (means [T], ses [T])}, "loss_diff": {(a, b): (means [T], ses [T])}}`` (numpy).
     """
     names, pairs = list(predictors), tuple(check_pairs(pairs, predictors))
     stat = _LossStats(tuple(names), pairs)
-    runs = [monte_carlo(stat, dict(predictors), task, key, n, num_prompts, chunk_size) for task in tasks]
+    runs = [monte_carlo(stat, dict(predictors), task, key, n, num_prompts, chunk_size,
+                        progress=f"evaluate_across_tasks {i + 1}/{len(tasks)}" if progress is True else progress)
+            for i, task in enumerate(tasks)]
 
     def collect(group, i):
         return (np.array([r.mean[group][i] for r in runs]), np.array([r.se[group][i] for r in runs]))
@@ -564,9 +600,9 @@ def _snapshot_run(params, prompts, ref_dynamic, *, graphdef, ref_static):
 
 
 def snapshot_metrics(snapshots, reference, prompts: Prompts) -> dict[str, np.ndarray]:
-    """Means over ``prompts`` of :func:`reference_metrics` for every snapshot and seed: ``{name: [K + 1, seeds]}``.
+    """Means over ``prompts`` of [`reference_metrics`][icl.evaluate.reference_metrics] for every snapshot and seed: ``{name: [K + 1, seeds]}``.
 
-    ``snapshots`` is :class:`icl.training.Snapshots` (``train(..., snapshot_every=K)``). All snapshots
+    ``snapshots`` is [`icl.training.Snapshots`][icl.training.Snapshots] (``train(..., snapshot_every=K)``). All snapshots
     see the same prompts; one compiled program (``vmap`` over snapshots and seeds).
     """
     ref_static, ref_dynamic = _split(reference)

@@ -1,6 +1,6 @@
 """The runner every experiment script shares: flags, ``--quick``, training, claims, the run folder, the exit code.
 
-A script declares an :class:`Experiment` (its name, the shared flags it uses with their defaults, its own
+A script declares an [`Experiment`][icl.experiment.Experiment] (its name, the shared flags it uses with their defaults, its own
 flags, its ``--quick`` overrides and a ``run(args) -> Outcome`` function) and ends with
 ``if __name__ == "__main__": script_main(SPEC)``. The runner then
 
@@ -11,14 +11,14 @@ flags, its ``--quick`` overrides and a ``run(args) -> Outcome`` function) and en
 2. turns on JAX's persistent compilation cache (``--compilation-cache`` or the ``ICL_COMPILATION_CACHE``
    environment variable: a folder, or ``off``; default ``~/.cache/icl/jax``, under ``$XDG_CACHE_HOME`` when set);
 3. runs the experiment; a training run that diverges becomes a failed claim, not a traceback;
-4. writes ``summary.json``, ``config.json`` (the resolved settings, what ``--config`` reads) and the figures with :func:`icl.io.write_run` (one atomic folder, provenance
+4. writes ``summary.json``, ``config.json`` (the resolved settings, what ``--config`` reads) and the figures with [`icl.io.write_run`][icl.io.write_run] (one atomic folder, provenance
    included) into ``--out`` or ``results/<experiment>-<hash of config and precision>``;
 5. prints the claims and exits 0 only when every claim passed.
 
-The helpers below are the steps every script repeats: :func:`train_models` / :func:`train_grid` (with
-``--checkpoint-every`` / ``--resume``), :func:`gamma_eff` and :func:`step_sizes` (reading ``Gamma_eff`` off
-the weights), :func:`final_train_loss`, :func:`convergence_claim` (is training finished?) and
-:func:`seed_losses` (per-seed losses with their spread).
+The helpers below are the steps every script repeats: [`train_models`][icl.experiment.train_models] / [`train_grid`][icl.experiment.train_grid] (with
+``--checkpoint-every`` / ``--resume``), [`gamma_eff`][icl.experiment.gamma_eff] and [`step_sizes`][icl.experiment.step_sizes] (reading ``Gamma_eff`` off
+the weights), [`final_train_loss`][icl.experiment.final_train_loss], [`convergence_claim`][icl.experiment.convergence_claim] (is training finished?) and
+[`seed_losses`][icl.experiment.seed_losses] (per-seed losses with their spread).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from icl.checkpoint import CheckpointCorruptError, CheckpointDir, ResumeMismatchError
+from icl.runlog import LOGGERS, make_logger
 from icl.io import (
     Claim,
     config_hash,
@@ -73,7 +74,8 @@ __all__ = [
 ]
 
 RESULTS_ROOT = Path("results")
-NOT_CONFIG = ("out", "progress", "quick", "checkpoint_every", "resume", "compilation_cache", "fast", "config_file")
+NOT_CONFIG = ("out", "progress", "quick", "checkpoint_every", "resume", "compilation_cache", "fast", "config_file",
+              "log")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -162,7 +164,7 @@ class Experiment:
     Attributes:
       name: the experiment's name (``summary.json["experiment"]``, the default folder name).
       description: the first line of ``--help``.
-      flags: ``{shared flag: default}`` for the :data:`COMMON_FLAGS` this script uses (others are absent).
+      flags: ``{shared flag: default}`` for the ``COMMON_FLAGS`` this script uses (others are absent).
       run: ``run(args) -> Outcome``.
       add_arguments: ``add_arguments(parser)`` adds the script's own flags (with range-checked types).
       validate: ``validate(args, parser)`` checks combinations (``parser.error`` -> exit 2) and may set
@@ -204,7 +206,11 @@ class Experiment:
         p.add_argument("--compilation-cache", default=None,
                        help="JAX persistent compilation cache folder, or 'off' (default: $ICL_COMPILATION_CACHE, "
                             "else ~/.cache/icl/jax)")
-        p.add_argument("--progress", action="store_true", help="print training progress")
+        p.add_argument("--progress", action="store_true", help="show progress bars (training, evaluation)")
+        if self.trains:
+            p.add_argument("--log", choices=LOGGERS, default=None,
+                           help="log the training losses, the claims and the figures to TensorBoard or (offline) "
+                                "W&B, under <out parent>/logs/<out name>/ (needs the extra of that name)")
         p.add_argument("--config", dest="config_file", default=None, metavar="FILE",
                        help="rerun a run: its config.json or summary.json sets every setting; flags given beside "
                             "it override them")
@@ -380,6 +386,12 @@ def run_experiment(spec: Experiment, argv: Sequence[str] | None = None) -> dict:
     args = spec.parse(argv)
     start = time.perf_counter()
     cache = enable_compilation_cache(args.compilation_cache)
+    log_dir = args.out_dir.parent / "logs" / args.out_dir.name if getattr(args, "log", None) else None
+    try:
+        args.logger = make_logger(getattr(args, "log", None), log_dir, args.config, name=args.out_dir.name)
+    except ImportError as err:
+        print(f"{Path(sys.argv[0]).name}: error: --log {args.log}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         outcome = spec.run(args)
     except (ResumeMismatchError, CheckpointCorruptError) as err:  # a flag-level error, as argparse reports one
@@ -388,6 +400,9 @@ def run_experiment(spec: Experiment, argv: Sequence[str] | None = None) -> dict:
     except TrainingDivergedError as err:
         outcome = Outcome([Claim("training finished without diverging", None, float("nan"), 0.0, False, str(err))],
                           [{"error": str(err)}])
+    if args.logger is not None:
+        _log_outcome(args.logger, outcome)
+        print(f"logged to {log_dir} ({args.log})")
     seconds = time.perf_counter() - start
     summary = {
         "experiment": spec.name,
@@ -395,7 +410,7 @@ def run_experiment(spec: Experiment, argv: Sequence[str] | None = None) -> dict:
         "claims": outcome.claims,
         "runs": outcome.runs,
         "seconds": seconds,
-        "provenance": {**provenance(), "compilation_cache": cache},
+        "provenance": {**provenance(), "compilation_cache": cache, **({"log_dir": str(log_dir)} if log_dir else {})},
         **outcome.extra,
     }
     config = {"experiment": spec.name, "config": args.config}
@@ -404,6 +419,22 @@ def run_experiment(spec: Experiment, argv: Sequence[str] | None = None) -> dict:
     print(f"wrote {args.out_dir}/summary.json and {', '.join(written['figures']) or 'no figures'} in {seconds:.1f}s")
     return {"claims": outcome.claims, "runs": outcome.runs, "out_dir": args.out_dir, "seconds": seconds,
             "all_passed": written["all_passed"], "summary": written}
+
+
+def _log_outcome(logger, outcome: Outcome) -> None:
+    """Log a run's figures (rendering a figure callable once, for the run folder too) and claims, then close."""
+    try:
+        for name, fig in list(outcome.figures.items()):
+            try:
+                if callable(fig) and not hasattr(fig, "savefig"):
+                    fig = outcome.figures[name] = fig()
+            except Exception:  # the run folder records the figure's error (icl.io.write_run)
+                continue
+            if hasattr(fig, "savefig"):
+                logger.log_figure(Path(name).stem, fig)
+        logger.log_claims(outcome.claims)
+    finally:
+        logger.close()
 
 
 def script_main(spec: Experiment, argv: Sequence[str] | None = None) -> None:
@@ -426,7 +457,7 @@ def _checkpointing(args, stage: str) -> dict:
 
 
 def train_config(args, **overrides):
-    """The :class:`icl.TrainConfig` of the shared flags (``steps, batch, n, lr, seeds, seed``) and ``overrides``."""
+    """The [`icl.TrainConfig`][icl.training.TrainConfig] of the shared flags (``steps, batch, n, lr, seeds, seed``) and ``overrides``."""
     values = dict(steps=args.steps, batch=args.batch, n=args.n, lr=args.lr, num_seeds=args.seeds, seed=args.seed,
                   progress_every=max(args.steps // 5, 1) if args.progress else 0,
                   checkpoint_every=getattr(args, "checkpoint_every", 0))
@@ -434,9 +465,17 @@ def train_config(args, **overrides):
     return TrainConfig(**values)
 
 
+def _monitoring(args, stage: str) -> dict:
+    """``progress`` and the run logger's ``callback`` for one training stage, from ``--progress`` and ``--log``."""
+    logger = getattr(args, "logger", None)
+    return {"progress": bool(getattr(args, "progress", False)),
+            "callback": None if logger is None else logger.training(stage)}
+
+
 def train_models(args, model_fn, task, config, stage: str = "train", **kwargs):
-    """``icl.train`` with the script's checkpoint flags (a folder per ``stage`` under the checkpoint root)."""
-    return train(model_fn, task, config, **_checkpointing(args, stage), **kwargs)
+    """[`icl.train`][icl.training.train] with the script's checkpoint flags (a folder per ``stage`` under the checkpoint root), its
+    progress bar (``--progress``) and run logger (``--log``)."""
+    return train(model_fn, task, config, **_checkpointing(args, stage), **_monitoring(args, stage), **kwargs)
 
 
 def train_grid(args, model_fn, task_fn, config, grid: Mapping[str, Sequence], stage: str = "grid") -> list:
@@ -447,10 +486,11 @@ def train_grid(args, model_fn, task_fn, config, grid: Mapping[str, Sequence], st
     """
     points = grid_points(grid)
     if not getattr(args, "checkpoint_every", 0):
-        return list(sweep(model_fn, task_fn, config, grid))
+        return list(sweep(model_fn, task_fn, config, grid, **_monitoring(args, stage)))
     out = []
     for i, point in enumerate(points):
-        out.append((point, train(model_fn, task_fn(**point), config, **_checkpointing(args, f"{stage}_{i}"))))
+        out.append((point, train(model_fn, task_fn(**point), config, **_checkpointing(args, f"{stage}_{i}"),
+                                 **_monitoring(args, f"{stage}_{i}"))))
     return out
 
 
@@ -481,7 +521,7 @@ def convergence_claim(label: str, result) -> tuple[list[Claim], dict]:
     """Claims that training finished, one number each: the loss no longer falls, and (two or more seeds) the
     seeds agree.
 
-    Returns ``(claims, report)``. The first claim's measured value is :func:`icl.convergence_report`'s
+    Returns ``(claims, report)``. The first claim's measured value is [`icl.convergence_report`][icl.training.convergence_report]'s
     ``excess_drop``: the largest over seeds of ``min(drop - 2%, drop - 3 SE)`` for the relative drop of a
     seed's loss over the last tenth of training (a fitted line), positive only when the drop is both above 2%
     and above noise. The second's is ``excess_gap``, the same for the relative gap between two seeds' window

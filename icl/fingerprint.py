@@ -1,17 +1,17 @@
 """Which algorithm does a predictor run? Fingerprints against GD, ridge, least squares, Bayes (Akyürek et al. 2023).
 
-:func:`fingerprint` fits, for each candidate family of learning algorithms, the family's hyper-parameters to a
+[`fingerprint`][icl.fingerprint.fingerprint] fits, for each candidate family of learning algorithms, the family's hyper-parameters to a
 predictor (a trained model or another algorithm) by minimising the squared prediction difference (SPD) on one
 set of prompts, then reports SPD and the implicit linear weight difference (ILWD) with standard errors on fresh
 prompts, at every prefix length, and names the simplest family that fits, or says why none does
-(docs/theory.md §10, §11). Linear probes of hidden states live in :mod:`icl.probes`.
+(docs/theory.md §10, §11). Linear probes of hidden states live in [`icl.probes`][icl.probes].
 
 Prefix convention (Garg's, docs/theory.md §10): at prefix length ``k = 1..n`` the prediction of ``y_k`` from
 ``x_k`` and the first ``k - 1`` pairs (``predictor.prefix(prompts)[:, k-1]``); ``k = n + 1`` is the full
 context, the prediction at the query (``predictor(prompts)``). Arrays over prefix lengths run over
 ``ks = 1..n+1`` (``ks = [n+1]`` only for a predictor without ``.prefix``).
 
-The families are the library's own predictors (:mod:`icl.predictors`), their hyper-parameters traced leaves, so
+The families are the library's own predictors ([`icl.predictors`][icl.predictors]), their hyper-parameters traced leaves, so
 one compiled program fits and evaluates every value:
 
 ==================  ==============================================  =========================================
@@ -31,15 +31,15 @@ knn                 ``knn(neighbors)``                              ``neighbors`
 The families nest (averaging is GD at ``eta = 1``, ``K = 1``; Bayes is ridge at ``lam = sigma^2/tau^2`` and,
 noiseless with an isotropic prior, least squares; least squares is ridge as ``lam -> 0``; GD lies inside
 preconditioned GD (``P = I``), inside GD++ (``gammas = 0``)), so the verdict follows a parsimony rule
-(docs/theory.md §11): the first family, in the order of :data:`FAMILIES`, whose SPD is within
+(docs/theory.md §11): the first family, in the order of ``FAMILIES``, whose SPD is within
 ``max(SE, atol d)`` of the smallest, where SE is that of the paired difference ``SPD_f - SPD_min`` on the same
-prompts (``spd_gap_se``) and ``atol`` (SPD/d, default :data:`ATOL`) the practical-equivalence margin. Least
+prompts (``spd_gap_se``) and ``atol`` (SPD/d, default ``ATOL``) the practical-equivalence margin. Least
 squares comes before Bayes: noiseless, with an isotropic prior, they are one predictor, named by the one that
 needs no prior.
 
 A verdict is only given when it means something; otherwise ``best`` is None and ``reason`` says why:
 
-- no family fits: the smallest SPD exceeds ``fit_tol`` (default :data:`FIT_TOL`, 5%) of the predictor's own
+- no family fits: the smallest SPD exceeds ``fit_tol`` (default ``FIT_TOL``, 5%) of the predictor's own
   mean squared error against the labels (``relative_spd``, scale-free);
 - a family at or before the parsimony choice cannot be judged: its fitted ``eta`` or ``lam`` sits at an edge of
   its grid (``at_edge``; the best value may lie outside it), or it returned NaN or inf on some evaluation
@@ -52,7 +52,7 @@ Hyper-parameters are fitted on ``num_fit_prompts`` prompts, separately at every 
 log grid (``eta`` in ``[1e-4, 1e2] / s``, ``lam`` in ``[1e-6, 1e4] s``, ``s`` the mean squared input entry; every
 length at once, one evaluation per grid point) refined by golden-section search per length; preconditioned GD
 and GD++ by L-BFGS (``optax.lbfgs``) started at the fitted GD (and preconditioned GD). SPD, the verdict and
-ILWD are measured on fresh prompts through :func:`icl.evaluate.monte_carlo`. There, where a richer family's
+ILWD are measured on fresh prompts through [`icl.evaluate.monte_carlo`][icl.evaluate.monte_carlo]. There, where a richer family's
 fit does no better than the simpler family it contains (GD in preconditioned GD in GD++), it is replaced by
 that family's fit, so the nesting holds on the prompts that decide; this choice between two fixed candidates
 changes no verdict, since a tie goes to the simpler family.
@@ -71,6 +71,7 @@ import numpy as np
 import optax
 
 from icl.evaluate import MonteCarlo, monte_carlo, predict, predict_prefix
+from icl.progress import progress_bar
 from icl.predictors import averaging, bayes_posterior_mean, gd_plus_plus, gradient_descent, knn, least_squares, ridge
 from icl.protocol import has_prefix, predictor_name
 from icl.pytree import pytree_dataclass, static_field
@@ -98,7 +99,7 @@ _MAKERS = {"averaging": averaging, "least_squares": least_squares, "ridge": ridg
            "preconditioned_gd": gradient_descent, "knn": lambda neighbors: knn(int(neighbors)),
            "gd": lambda eta, steps: gradient_descent(np.full(int(steps), float(eta)))}
 """Family -> its public predictor, called with the hyper-parameters fitted at one prefix length (``bayes`` needs the
-task). :func:`_family` builds gd and knn with traced hyper-parameters itself."""
+task). ``_family`` builds gd and knn with traced hyper-parameters itself."""
 _Plan = collections.namedtuple("_Plan", "families with_prefix max_steps lbfgs_iters neighbors")  # static, hashable
 
 
@@ -244,7 +245,7 @@ def _fit(prompts, target, fixed, *, plan: _Plan):
 class _Judge:
     """Per prompt and prefix length: the predictor's squared error, every family's squared difference from it,
     and every paired difference of those (for the parsimony rule's SE); NaN and inf counted, not averaged (a
-    family's are set to 0; the predictor's are only counted, since any of them makes :func:`fingerprint` raise)."""
+    family's are set to 0; the predictor's are only counted, since any of them makes [`fingerprint`][icl.fingerprint.fingerprint] raise)."""
 
     plan: _Plan
 
@@ -290,7 +291,7 @@ def _probe(at, prompts: Prompts, probes, idx, with_prefix: bool, name: str = "fa
 
 
 def _fit_linear(probes, values):
-    """Least squares ``values ~ probes @ w + b`` per context and length (QR, :func:`icl.least_squares_weights`):
+    """Least squares ``values ~ probes @ w + b`` per context and length (QR, [`icl.least_squares_weights`][icl.predictors.least_squares_weights]):
     probes ``[b, Q, d]``, values ``[b, P, Q]``; returns ``w [b, P, d]``, ``b [b, P]``, mean squared residual."""
     (b, q, d), p = probes.shape, values.shape[1]
     design = jnp.broadcast_to(jnp.concatenate([probes, jnp.ones_like(probes[..., :1])], -1)[:, None], (b, p, q, d + 1))
@@ -363,7 +364,7 @@ def _per_d(name: str, doc: str) -> property:
 
 @dataclasses.dataclass
 class Fingerprint:
-    """What :func:`fingerprint` returns. Arrays over prefix lengths follow ``ks`` (docs/theory.md §10, §11).
+    """What [`fingerprint`][icl.fingerprint.fingerprint] returns. Arrays over prefix lengths follow ``ks`` (docs/theory.md §10, §11).
 
     Attributes:
       ks: prefix lengths ``[nk]`` (Garg: ``k - 1`` pairs predict ``y_k``; ``k = n + 1`` is the full context).
@@ -377,7 +378,7 @@ class Fingerprint:
       linearity_residual, linearity_residual_se: ``[len(ilwd_ks)]`` mean squared residual of the predictor's
         implicit linear fit divided by the mean squared prediction (0 for a predictor linear in ``x_q``).
       fitted: ``{family: {name: value}}`` hyper-parameters fitted at the full context (the names of the
-        family's predictor in :mod:`icl.predictors`; ``gd``: ``eta`` and ``steps``).
+        family's predictor in [`icl.predictors`][icl.predictors]; ``gd``: ``eta`` and ``steps``).
       fitted_by_k: ``{family: {name: array [nk, ...]}}`` hyper-parameters fitted at every prefix length.
       best: the verdict at the full context (the parsimony choice), or None (see ``reason``);
       best_by_k: the same at every prefix length.
@@ -553,21 +554,22 @@ def _verdict(k, spd, gap, low, mse, fp_tol, edge, nonfinite, families, margin, f
 def fingerprint(predictor, task, key: jax.Array, n: int, candidates: Sequence[str] | None = None,
                 num_prompts: int = 2048, num_queries: int | None = None, *, num_fit_prompts: int | None = None,
                 num_ilwd_prompts: int = 128, ilwd_ks: Sequence[int] | None = None, max_steps: int = 3,
-                lbfgs_iters: int = 60, atol: float = ATOL, fit_tol: float = FIT_TOL) -> Fingerprint:
+                lbfgs_iters: int = 60, atol: float = ATOL, fit_tol: float = FIT_TOL,
+                progress: bool = False) -> Fingerprint:
     """Fit every candidate family to ``predictor``, report SPD and ILWD at every prefix length, and a verdict.
 
     Akyürek et al. 2023 (docs/theory.md §11): SPD ``E (A(D)(x) - B(D)(x))^2`` and ILWD ``E ||w_A - w_B||^2``
     between the predictor and each family, raw and per ``d``, with standard errors over prompts.
     Hyper-parameters are fitted on ``num_fit_prompts`` prompts; SPD and the verdict come from ``num_prompts``
     fresh ones and ILWD from ``num_ilwd_prompts`` others, with ``num_queries`` probe points per context
-    (:func:`icl.evaluate.monte_carlo`). The module docstring states the rules of the verdict.
+    ([`icl.evaluate.monte_carlo`][icl.evaluate.monte_carlo]). The module docstring states the rules of the verdict.
 
     Args:
       predictor: a model or algorithm, ``predictor(prompts) -> [batch]`` (or ``(mean, var)``). With a causal
         ``.prefix`` (Garg's convention) every prefix length ``k = 1..n+1`` is measured, else only ``k = n+1``.
       task: the task whose prompts are used (``.d``, ``.sample``; ``w_cov`` and ``noise_std`` for ``bayes``).
       key: PRNG key. n: context length (>= 1).
-      candidates: families to fit (subset of :data:`FAMILIES`); default all that apply to the task
+      candidates: families to fit (subset of ``FAMILIES``); default all that apply to the task
         (``bayes`` needs a Gaussian prior ``w_cov`` and ``noise_std``).
       num_prompts: evaluation prompts (>= 2; rounded up to whole chunks of 256). num_queries: probe points per
         context for ILWD (>= d + 1; default ``2 (d + 1)``).
@@ -579,12 +581,15 @@ def fingerprint(predictor, task, key: jax.Array, n: int, candidates: Sequence[st
       max_steps: largest ``K`` for GD (fitted over ``1..max_steps``) and the number of steps of
         preconditioned GD and GD++ (which nest: a zero last step is one step fewer).
       lbfgs_iters: L-BFGS iterations for preconditioned GD and GD++ (0: keep the GD start).
-      atol: practical-equivalence margin of the parsimony rule, in SPD/d (>= 0, finite; default :data:`ATOL`):
+      atol: practical-equivalence margin of the parsimony rule, in SPD/d (>= 0, finite; default ``ATOL``):
         a family ties the best when ``SPD_f - SPD_min <= max(paired SE, atol * d)``.
       fit_tol: the largest SPD of the best family, relative to the predictor's own mean squared error, that
-        still gives a verdict (>= 0; default :data:`FIT_TOL`).
+        still gives a verdict (>= 0; default ``FIT_TOL``).
+      progress: show a progress bar on stderr, moved from Python between compiled calls: one step for the fit
+        (every family and prefix length in one compiled program), then one per chunk of evaluation prompts (256)
+        and of ILWD contexts (128); the current stage is shown after the bar.
     Returns:
-      A :class:`Fingerprint`.
+      A [`Fingerprint`][icl.fingerprint.Fingerprint].
     Raises:
       ValueError: bad arguments, a predictor output of the wrong shape, or NaN or inf in the predictor's output
         (with counts per prefix length).
@@ -619,16 +624,27 @@ def fingerprint(predictor, task, key: jax.Array, n: int, candidates: Sequence[st
     plan = _Plan(families, with_prefix, max_steps, lbfgs_iters, tuple(v for v in _NEIGHBORS if v <= n))
     fixed = {f: bayes_posterior_mean(task) if f == "bayes" else _MAKERS[f]() for f in families if f in FAMILIES[:3]}
     k_fit, k_eval, k_ilwd = jax.random.split(key, 3)
-
-    fit_prompts = task.sample(k_fit, num_fit, n)
-    target = _all_k(predictor, fit_prompts, with_prefix, name)
-    _check_finite(name, np.sum(~np.isfinite(np.asarray(target)), axis=0), num_fit, "fitting", ks)
-    theta, at_edge, fit_spd = jax.device_get(_fit(fit_prompts, target, fixed, plan=plan))
-    args = {"predictor": predictor, "theta": theta, "fixed": fixed}
-    res = monte_carlo(_Judge(plan), args, task, k_eval, n, num_prompts, chunk_size=256)
-    mean, se, total = res.mean, res.se, res.num_prompts
-    _check_finite(name, np.rint(mean["bad"] * total).astype(int), total, "evaluation", ks)
-    _nest(families, mean, se, theta, fit_spd, max_steps, d)
+    stages = 1 + -(-num_prompts // 256) + (-(-num_ilwd // 128) if ilwd_ks.size else 0)  # fit, then chunks
+    with progress_bar(progress, stages, "fingerprint", unit="step") as bar:
+        bar.set_postfix_str(f"fit {len(families)} families x {ks.size} prefix lengths")
+        fit_prompts = task.sample(k_fit, num_fit, n)
+        target = _all_k(predictor, fit_prompts, with_prefix, name)
+        _check_finite(name, np.sum(~np.isfinite(np.asarray(target)), axis=0), num_fit, "fitting", ks)
+        theta, at_edge, fit_spd = jax.device_get(_fit(fit_prompts, target, fixed, plan=plan))
+        args = {"predictor": predictor, "theta": theta, "fixed": fixed}
+        bar.set_postfix_str("SPD on fresh prompts", refresh=False)
+        bar.update(1)
+        shared = bar if progress else False  # the chunks of both evaluations advance this one bar
+        res = monte_carlo(_Judge(plan), args, task, k_eval, n, num_prompts, chunk_size=256, progress=shared)
+        mean, se, total = res.mean, res.se, res.num_prompts
+        _check_finite(name, np.rint(mean["bad"] * total).astype(int), total, "evaluation", ks)
+        _nest(families, mean, se, theta, fit_spd, max_steps, d)  # before ILWD: it changes theta, which args holds
+        empty = {"ilwd": np.zeros((len(families), 0)), "resid": np.zeros(0), "v2": np.zeros(0)}
+        if ilwd_ks.size:
+            bar.set_postfix_str("ILWD", refresh=False)
+        w = monte_carlo(_Weights(plan, tuple(int(i) for i in np.searchsorted(ks, ilwd_ks))), args,
+                        _WithProbes(task, q), k_ilwd, n, num_ilwd, chunk_size=128, progress=shared) \
+            if ilwd_ks.size else MonteCarlo(empty, empty, 0)
     nonfinite = np.rint(mean["bad_f"] * total).astype(int)  # [F, nk], like every array below
     spd, spd_se = (np.where(nonfinite > 0, np.nan, stats["sq"]) for stats in (mean, se))
     fp_tol = 10.0 * float(jnp.finfo(fit_prompts.x.dtype).eps) * mean["t2"]  # [nk]: exact up to rounding
@@ -638,10 +654,6 @@ def fingerprint(predictor, task, key: jax.Array, n: int, candidates: Sequence[st
                         np.where(best_spd > 0, np.inf, 0.0))
     columns = zip(ks, spd.T, gap_se.T, low, mean["sq_error"], fp_tol, edges.T, nonfinite.T)
     best_by_k, reason_by_k = map(list, zip(*(_verdict(*c, families, atol * d, fit_tol, total) for c in columns)))
-    empty = {"ilwd": np.zeros((len(families), 0)), "resid": np.zeros(0), "v2": np.zeros(0)}
-    w = monte_carlo(_Weights(plan, tuple(int(i) for i in np.searchsorted(ks, ilwd_ks))), args,
-                    _WithProbes(task, q), k_ilwd, n, num_ilwd, chunk_size=128) if ilwd_ks.size else \
-        MonteCarlo(empty, empty, 0)
     denom = np.maximum(w.mean["v2"], np.finfo(np.float64).tiny)
     fitted_by_k = {f: theta[f] for f in families}  # in family order (jit returns its dictionaries sorted by key)
     return Fingerprint(

@@ -1,6 +1,6 @@
 """Claims, run folders and JSON: how an experiment's results reach the disk (one writer).
 
-An experiment's result is ONE folder holding ``summary.json`` and its figures. :func:`write_run` builds the
+An experiment's result is ONE folder holding ``summary.json`` and its figures. [`write_run`][icl.io.write_run] builds the
 folder under a temporary name next to its destination and renames it into place, so a results folder never
 holds a figure without its summary (nor a summary beside figures of another run), whatever kills the process.
 Writers of the same folder may run at once (processes or threads): an existing folder is renamed aside before
@@ -52,8 +52,8 @@ DIR_MODE = 0o755
 class Claim:
     """One theory-versus-measurement check.
 
-    ``tolerance`` is relative for :func:`relative_claim` and a bound for :func:`upper_bound_claim` /
-    :func:`lower_bound_claim`; ``detail`` says what was compared (paper, equation, units). Claims about
+    ``tolerance`` is relative for [`relative_claim`][icl.io.relative_claim] and a bound for [`upper_bound_claim`][icl.io.upper_bound_claim] /
+    [`lower_bound_claim`][icl.io.lower_bound_claim]; ``detail`` says what was compared (paper, equation, units). Claims about
     trained models carry ``seeds`` (``{"mean", "std", "per_seed"}``: the spread over training seeds) and
     ``se`` (the standard error over evaluation prompts) when they apply. A claim whose measured value is
     NaN or inf never passes.
@@ -82,7 +82,7 @@ def seed_spread(per_seed) -> dict | None:
 
 
 def _claim(name, theory, measured, tolerance, passed, detail, per_seed, se) -> Claim:
-    """A :class:`Claim` with float numbers and the seeds' spread (it fails when ``measured`` is not finite)."""
+    """A [`Claim`][icl.io.Claim] with float numbers and the seeds' spread (it fails when ``measured`` is not finite)."""
     return Claim(name, theory, float(measured), float(tolerance), passed, detail, seed_spread(per_seed),
                  None if se is None else float(se))
 
@@ -186,7 +186,7 @@ def _key(k) -> str:
 
 
 def nonfinite_paths(obj, path: str = "") -> list[str]:
-    """Paths (``runs[0].loss.lsa``) of every NaN or inf number inside ``obj`` (before :func:`to_jsonable`)."""
+    """Paths (``runs[0].loss.lsa``) of every NaN or inf number inside ``obj`` (before [`to_jsonable`][icl.io.to_jsonable])."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
     if isinstance(obj, Mapping):

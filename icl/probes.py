@@ -1,10 +1,10 @@
 """Linear probes of a model's hidden states (Akyürek et al. 2023, §5; docs/theory.md §11).
 
-:func:`probe` fits, for every layer, a ridge probe from the hidden state to the task weight ``w``, to
+[`probe`][icl.probes.probe] fits, for every layer, a ridge probe from the hidden state to the task weight ``w``, to
 ``X^T y / n`` and to ``X^T X / n`` on one set of prompts and scores it (held-out R^2) on a fresh set, for the
 model and, when given, a control (e.g. the same model untrained). The hidden states come from the model itself:
 ``model.hidden_states(prompts) -> list of [batch, T, width]``, entry 0 the input tokens and entry ``l`` the
-stream after layer ``l`` (the written protocol, :mod:`icl.protocol`).
+stream after layer ``l`` (the written protocol, [`icl.protocol`][icl.protocol]).
 """
 
 from __future__ import annotations
@@ -102,10 +102,10 @@ def probe(model, task, key: jax.Array, n: int, *, control=None, targets: Sequenc
     for ``control`` (e.g. the untrained model) when given.
 
     Args:
-      model: a model with ``hidden_states(prompts)`` (:func:`hidden_states`, :mod:`icl.protocol`).
+      model: a model with ``hidden_states(prompts)`` ([`hidden_states`][icl.probes.hidden_states], [`icl.protocol`][icl.protocol]).
       task: draws the prompts (``task.sample(key, batch, n)``). key: PRNG key. n: context length.
       control: a second model probed the same way, or None.
-      targets: a non-empty subset of :data:`PROBE_TARGETS`.
+      targets: a non-empty subset of ``PROBE_TARGETS``.
       readout: ``"query"`` (the last position), ``"mean"`` (mean over positions) or ``"both"`` (concatenated).
       num_prompts: prompts to fit on and, as many again, to score on (>= 4). lam: ridge penalty (>= 0).
     """

@@ -5,23 +5,23 @@ context). It may also have ``p.prefix(prompts) -> [batch, n]``: entry ``k - 1`` 
 ``y_k`` from ``x_k`` and the first ``k - 1`` pairs (Garg et al. 2022's convention, docs/theory.md §10), so
 ``p(prompts)`` is what ``prefix`` would give at ``k = n + 1``, not ``prefix[:, n - 1]``.
 
-A **model** is a predictor that is a ``flax.nnx.Module`` (so :func:`icl.train` can optimise its
+A **model** is a predictor that is a ``flax.nnx.Module`` (so [`icl.train`][icl.training.train] can optimise its
 ``nnx.Param`` leaves). The members the library reads, all documented in ``docs/models.md``:
 
 - ``__call__(prompts) -> [batch]`` (required);
-- ``prefix(prompts) -> [batch, n]`` (required for the every-prefix losses, :func:`icl.error_curve` and the
+- ``prefix(prompts) -> [batch, n]`` (required for the every-prefix losses, [`icl.error_curve`][icl.evaluate.error_curve] and the
   per-prefix fingerprint);
 - ``returns_variance: bool`` (optional, default ``False``): when ``True`` both methods return
   ``(mean, variance)`` pairs of those shapes, and the Gaussian NLL losses and calibration use them;
 - ``hidden_states(prompts) -> list of [batch, T, width]`` (optional): the token states before the first
-  layer and after each, ``T`` positions with the query last, read by :func:`icl.probe`;
+  layer and after each, ``T`` positions with the query last, read by [`icl.probe`][icl.probes.probe];
 - ``trained_pairs: int | None`` (optional): a model with learned positions declares it (``None`` when built);
-  :func:`icl.train` sets it to the training length on the structure it returns (:func:`mark_trained_length`),
+  [`icl.train`][icl.training.train] sets it to the training length on the structure it returns ([`mark_trained_length`][icl.protocol.mark_trained_length]),
   and the model then refuses longer prompts with a ValueError naming both lengths, unless the caller sets it
   back to ``None`` (a length-generalisation study);
 - ``spec() -> dict`` (optional): JSON-able keyword arguments such that ``type(model)(**model.spec(),
-  rngs=nnx.Rngs(0))`` rebuilds a model of the same structure. :func:`icl.save_checkpoint` records it, so
-  :func:`icl.load_checkpoint` needs no ``model_fn``, and resuming refuses a model whose spec differs.
+  rngs=nnx.Rngs(0))`` rebuilds a model of the same structure. [`icl.save_checkpoint`][icl.checkpoint.save_checkpoint] records it, so
+  [`icl.load_checkpoint`][icl.checkpoint.load_checkpoint] needs no ``model_fn``, and resuming refuses a model whose spec differs.
 
 Nothing in the library reads a model's parameter names; read-offs that need them (the implied
 preconditioner of a linear self-attention layer) are methods of the model.
@@ -130,7 +130,7 @@ def _tuplify(value):
 
 
 def build_model(spec: dict, rngs):
-    """Rebuild a model from :func:`model_spec`'s record (JSON lists become tuples)."""
+    """Rebuild a model from [`model_spec`][icl.protocol.model_spec]'s record (JSON lists become tuples)."""
     module_name, _, qualname = spec["class"].partition(":")
     try:
         obj = importlib.import_module(module_name)

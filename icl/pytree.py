@@ -1,6 +1,6 @@
 """``pytree_dataclass``: frozen dataclasses that are JAX pytrees, validated at construction only.
 
-Fields marked with :func:`static_field` are auxiliary (hashable, part of the compiled program's key);
+Fields marked with [`static_field`][icl.pytree.static_field] are auxiliary (hashable, part of the compiled program's key);
 every other field, including ``init=False`` ones, is a leaf. ``tree_unflatten`` rebuilds the object
 without calling ``__init__``/``__post_init__`` (leaves may be tracers inside ``jit``), so validation
 runs once, when a user builds the object (the Equinox convention).

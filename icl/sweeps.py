@@ -1,7 +1,7 @@
 """Sweeps: a grid over config fields trained as one compiled, vmapped program, sharded across devices.
 
 A grid maps names to lists of values; its points are their Cartesian product. Names that are
-:class:`~icl.training.TrainConfig` fields override the config (``lr`` and ``seed`` vary inside one
+[`TrainConfig`][icl.training.TrainConfig] fields override the config (``lr`` and ``seed`` vary inside one
 program; ``n``, ``batch``, ``steps``, ``schedule``, ``warmup``, ``optimizer`` change shapes or the
 compiled loop, so points that differ in them form separate groups). Every point's values are also
 passed, by keyword, to ``task_fn`` and ``model_fn`` (each receives the names it accepts), so a task field
@@ -60,7 +60,7 @@ def run_sharding(num_runs: int, devices: Sequence | None = None):
 
 @dataclass
 class SweepResult:
-    """One :class:`~icl.training.TrainResult` per grid point (``config.num_seeds`` seeds each).
+    """One [`TrainResult`][icl.training.TrainResult] per grid point (``config.num_seeds`` seeds each).
 
     Attributes: points (the grid points, in order), results (their training results), seconds.
     """
@@ -107,19 +107,23 @@ def _call_with(fn: Callable, point: dict, *args):
 
 def sweep(model_fn: Callable[..., nnx.Module], task_fn: Callable[..., object], config: TrainConfig,
           grid: Mapping[str, Sequence], devices: Sequence | None = None,
-          loss_fn: Callable | None = None) -> SweepResult:
+          loss_fn: Callable | None = None, *, progress: bool = False,
+          callback: Callable[[int, np.ndarray], object] | None = None) -> SweepResult:
     """Train every point of ``grid`` (x ``config.num_seeds`` seeds), one compiled program per group.
 
     Args:
       model_fn: ``model_fn(rngs, **point)`` builds a model (it receives the point names it accepts).
       task_fn: ``task_fn(**point)`` builds the task; all tasks of a group must share a pytree structure.
-      config: base :class:`~icl.training.TrainConfig`; grid names that are its fields override it.
+      config: base [`TrainConfig`][icl.training.TrainConfig]; grid names that are its fields override it.
       grid: ``{name: [values]}``, e.g. ``{"noise": [0, 0.5, 1], "lr": [1e-3, 1e-2]}``.
       devices: devices to shard the run axis over (default: all of ``jax.devices()``).
-      loss_fn: optional custom loss (as in :func:`~icl.training.train`); default ``config.loss``.
+      loss_fn: optional custom loss (as in [`train`][icl.training.train]); default ``config.loss``.
+      progress: a progress bar per group (see [`run_engine`][icl.training.run_engine]).
+      callback: ``callback(step, losses)`` after every chunk of every group, ``losses [runs, chunk]`` with the
+        group's runs in grid order, ``config.num_seeds`` seeds per point (as in [`train`][icl.training.train]).
     Returns:
-      :class:`SweepResult`. Point ``p`` with seed index ``i`` uses the run key
-      ``fold_in(key(seed_p), i)``, exactly as :func:`~icl.training.train` does for ``config.seed = seed_p``,
+      [`SweepResult`][icl.sweeps.SweepResult]. Point ``p`` with seed index ``i`` uses the run key
+      ``fold_in(key(seed_p), i)``, exactly as [`train`][icl.training.train] does for ``config.seed = seed_p``,
       so a sweep point equals the matching single ``train`` call (up to float rounding: a program over more runs
       may vectorise differently).
     """
@@ -133,11 +137,11 @@ def sweep(model_fn: Callable[..., nnx.Module], task_fn: Callable[..., object], c
     results: dict[int, TrainResult] = {}
     for members in groups.values():
         results.update(zip(members, _train_group([points[i] for i in members], [configs[i] for i in members],
-                                                 model_fn, task_fn, devices, loss_fn)))
+                                                 model_fn, task_fn, devices, loss_fn, progress, callback)))
     return SweepResult(points, [results[i] for i in range(len(points))], time.perf_counter() - start)
 
 
-def _train_group(points, configs, model_fn, task_fn, devices, loss_fn):
+def _train_group(points, configs, model_fn, task_fn, devices, loss_fn, progress=False, callback=None):
     t0 = time.perf_counter()
     seeds = configs[0].num_seeds
     tasks = [_call_with(task_fn, p) for p in points]
@@ -157,7 +161,9 @@ def _train_group(points, configs, model_fn, task_fn, devices, loss_fn):
     start = TrainResult(graphdef, stack_trees([params[j] for j in order]), np.zeros((padded, 0)), configs[0], step=0,
                         seconds=time.perf_counter() - t0)
     lrs = jnp.asarray([configs[j // seeds].lr for j in order])
-    out = run_engine(start, task, keys[np.asarray(order)], lrs, loss_fn=loss_fn, sharding=run_sharding(padded, devices))
+    report = None if callback is None else (lambda step, losses: callback(step, np.asarray(losses)[:num_runs]))
+    out = run_engine(start, task, keys[np.asarray(order)], lrs, loss_fn=loss_fn, sharding=run_sharding(padded, devices),
+                     progress=progress, callback=report)
     take = lambda tree, k: jax.tree.map(lambda a: np.asarray(a)[k * seeds:(k + 1) * seeds], tree)  # noqa: E731
     return [TrainResult(graphdef, take(out.params, k), take(out.losses, k), c, out.seconds,
                         opt_state=take(out.opt_state, k), step=c.steps, final_losses=take(out.final_losses, k),

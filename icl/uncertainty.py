@@ -18,8 +18,8 @@ Metrics, each a Monte-Carlo mean over fresh prompts with its standard error:
   (each ``1/bins`` when calibrated).
 - ``sharpness``: the mean predictive standard deviation (and ``mean_variance``, the mean variance).
 
-Shifts (Liu et al. 2024): :func:`shifted_task` scales or replaces the weight prior (task shift) or the
-input law (covariate shift); :func:`shift_evaluation` compares a model with the Bayes predictive under the
+Shifts (Liu et al. 2024): [`shifted_task`][icl.uncertainty.shifted_task] scales or replaces the weight prior (task shift) or the
+input law (covariate shift); [`shift_evaluation`][icl.uncertainty.shift_evaluation] compares a model with the Bayes predictive under the
 training prior and under the true test law (one reference when they coincide: covariate and
 prompt-length shift leave the posterior unchanged, since it does not depend on the law of ``x``).
 """
@@ -110,11 +110,11 @@ def predictive_stats(predictor, prompts, *, prefix: bool = False, levels=DEFAULT
     """Per-prompt calibration statistics of one predictor on ``prompts`` (``[batch]``, or ``[batch, n]`` with prefix).
 
     Returns ``{"nll", "mse", "sd", "variance", "pit", "coverage": {level: 0/1}, "pit_histogram": one-hot
-    [..., bins], "invalid": 0/1, "degenerate": 0/1}``; :func:`calibration` averages them. Jit-compatible.
+    [..., bins], "invalid": 0/1, "degenerate": 0/1}``; [`calibration`][icl.uncertainty.calibration] averages them. Jit-compatible.
     ``invalid`` marks a variance that is negative or not finite, or a mean that is not finite (the other entries
-    are then meaningless, and :func:`calibration` refuses them); ``degenerate`` marks a variance within
+    are then meaningless, and [`calibration`][icl.uncertainty.calibration] refuses them); ``degenerate`` marks a variance within
     ``DEGENERATE_EPS (1 + target^2)`` of zero, zero included (a point mass, e.g. a noiseless task's Bayes
-    predictive, whose coverage and PIT measure only rounding; :func:`calibration` refuses it too).
+    predictive, whose coverage and PIT measure only rounding; [`calibration`][icl.uncertainty.calibration] refuses it too).
     """
     levels = _check_levels(levels)
     bins = check_positive_int("bins", bins)
@@ -182,7 +182,7 @@ class Calibration:
 
 @dataclass(frozen=True)
 class CalibrationComparison:
-    """:func:`compare_calibration` result: per-predictor :class:`Calibration` and paired differences.
+    """[`compare_calibration`][icl.uncertainty.compare_calibration] result: per-predictor [`Calibration`][icl.uncertainty.Calibration] and paired differences.
 
     Attributes:
       num_prompts: prompts evaluated (every predictor saw the same ones).
@@ -207,7 +207,7 @@ class CalibrationComparison:
 
 @dataclass(frozen=True)
 class _CalibrationStats:
-    """The per-prompt statistics of :func:`compare_calibration`: a hashable ``stat_fn`` for the engine
+    """The per-prompt statistics of [`compare_calibration`][icl.uncertainty.compare_calibration]: a hashable ``stat_fn`` for the engine
     (one compiled program per configuration and predictor structure)."""
 
     levels: tuple
@@ -241,6 +241,7 @@ def compare_calibration(
     bins: int = 10,
     pairs: Sequence[tuple[str, str]] = (),
     prefix: bool = False,
+    progress: bool = False,
 ) -> CalibrationComparison:
     """Calibration metrics of several mean-and-variance predictors on the same fresh prompts of ``task``.
 
@@ -248,13 +249,14 @@ def compare_calibration(
       predictors: ``{name: predictor}``, each with ``returns_variance = True`` (or an exact ``mixture``).
       task: the law to draw prompts from (e.g. a shifted task); key: PRNG key; n: context length.
       num_prompts: prompts in all (>= 2), rounded up to whole chunks of ``chunk_size``; the Monte-Carlo
-        engine is :func:`icl.evaluate.monte_carlo` (common random numbers: the same key gives the same prompts).
+        engine is [`icl.evaluate.monte_carlo`][icl.evaluate.monte_carlo] (common random numbers: the same key gives the same prompts).
       levels: central-interval levels for coverage, each in (0, 1). bins: PIT histogram bins.
       pairs: ``(a, b)`` names whose paired NLL and squared-error differences to report.
       prefix: score ``.prefix`` (every ``k = 1..n``; results are arrays ``[n]``) instead of the query.
+      progress: show a progress bar on stderr, one step per chunk.
 
     Returns:
-      :class:`CalibrationComparison`.
+      [`CalibrationComparison`][icl.uncertainty.CalibrationComparison].
     """
     if not isinstance(predictors, Mapping) or not predictors:
         raise ValueError("predictors must be a non-empty mapping {name: predictor}")
@@ -270,7 +272,7 @@ def compare_calibration(
                                                                name=nm), probe)
 
     result = monte_carlo(_CalibrationStats(levels, bins, bool(prefix), tuple(pairs)), dict(predictors), task, key, n,
-                         num_prompts, chunk_size)
+                         num_prompts, chunk_size, progress="calibration" if progress is True else progress)
     count = result.num_prompts
     mean, se = result.mean, result.se
     metrics = {}
@@ -304,7 +306,7 @@ def compare_calibration(
 
 
 def calibration(predictor, task, key: jax.Array, n: int, num_prompts: int = 100_000, **kwargs) -> Calibration:
-    """Calibration metrics of one mean-and-variance predictor (see :func:`compare_calibration` for the options)."""
+    """Calibration metrics of one mean-and-variance predictor (see [`compare_calibration`][icl.uncertainty.compare_calibration] for the options)."""
     return compare_calibration({"predictor": predictor}, task, key, n, num_prompts, **kwargs).metrics["predictor"]
 
 
@@ -355,8 +357,13 @@ def shift_evaluation(
     one reference, ``"bayes"``. Pairs: model minus each reference (and train prior minus true law).
 
     Args:
-      model: a mean-and-variance predictor. train_task, test_task: Gaussian linear tasks.
-      key, n, num_prompts, kwargs: as in :func:`compare_calibration` (``n`` may exceed the training length).
+      model: a mean-and-variance predictor.
+      train_task: the Gaussian linear task the model was trained on.
+      test_task: the Gaussian linear task it is evaluated on.
+      key: as in [`compare_calibration`][icl.uncertainty.compare_calibration].
+      n: as there (``n`` may exceed the training length).
+      num_prompts: as there.
+      **kwargs: as there.
     """
     if _same_posterior(train_task, test_task):
         predictors = {"model": model, "bayes": bayes_predictive(test_task)}

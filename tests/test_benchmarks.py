@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -53,3 +54,79 @@ def test_quick_benchmark_run_writes_json_and_markdown_of_the_documented_shape(RE
     for name in names:
         assert name in md
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
+
+
+def _bench_module(root, name):
+    """A module of benchmarks/ (they import each other as top-level modules: the folder goes on sys.path)."""
+    import importlib
+
+    folder = str(root / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
+def test_garg_flags_are_checked_before_any_work(REPO_ROOT, tmp_path):
+    for flags, word in ((["--garg-src", str(tmp_path)], "train.py"), (["--garg-threads", "0"], "garg-threads")):
+        proc = subprocess.run([sys.executable, SCRIPT, "--only", "transformer", *flags, "--out", str(tmp_path / "b")],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and word in proc.stderr, proc.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_hlo_reader_counts_the_flops_of_matrix_products(REPO_ROOT):
+    import jax
+    import jax.numpy as jnp
+
+    harness = _bench_module(REPO_ROOT, "harness")
+    a, b = jnp.ones((6, 5)), jnp.ones((5, 3))
+    text = jax.jit(lambda x, y: jnp.tanh(x @ y).sum() + (x.T @ x).sum()).lower(a, b).compile().as_text()
+    module = harness.parse_hlo(text)
+    assert module.entry in module.computations and module.instructions
+    assert harness.hlo_dot_flops(module) == 2 * 6 * 5 * 3 + 2 * 5 * 6 * 5
+
+
+def test_side_by_side_case_runs_at_a_tiny_configuration_without_their_code(REPO_ROOT):
+    cases = _bench_module(REPO_ROOT, "cases")
+    cfg = {"tiny": {"d": 2, "points": 3, "layers": 1, "width": 8, "heads": 2, "batch": 4}}
+    fig = cases.side_by_side(cfg, rounds=3, windows={"tiny": (1, 2)}, garg=None)["tiny"]
+    json.dumps(fig)
+    assert fig["icl_n"] == 2 and fig["targets_per_prompt"] == 3 and fig["tokens_per_prompt"] == {"icl": 5, "garg": 6}
+    icl = fig["icl"]
+    assert len(icl["rounds_prompts_per_s"]) == 3 and min(icl["rounds_prompts_per_s"]) > 0
+    assert icl["xla_flops_per_step"] > icl["dot_flops_per_step"] > 0 and icl["achieved_gflops"] > 0
+    for kind in ("jax_icl_options", "jax_xla_defaults"):
+        assert fig["gemm_ceiling_gflops"][kind]["max"] > 0
+    assert "ratio_over_garg" not in fig and not [k for k in fig if k.startswith("garg_t")]
+    assert fig["date"] and len(fig["load_average_start"]) == 3
+
+
+@pytest.mark.skipif(not os.environ.get("ICL_BENCH_GARG_SRC"),
+                    reason="set ICL_BENCH_GARG_SRC (their src/) and ICL_BENCH_GARG_PYTHON (torch + transformers)")
+def test_side_by_side_case_runs_their_train_step_at_a_tiny_configuration(REPO_ROOT):
+    cases = _bench_module(REPO_ROOT, "cases")
+    garg = {"src": os.environ["ICL_BENCH_GARG_SRC"],
+            "python": os.environ.get("ICL_BENCH_GARG_PYTHON", sys.executable)}
+    cfg = {"tiny": {"d": 2, "points": 3, "layers": 1, "width": 8, "heads": 2, "batch": 4}}
+    fig = cases.side_by_side(cfg, rounds=3, windows={"tiny": (1, 2)}, garg=garg, threads=(1,))["tiny"]
+    json.dumps(fig)
+    theirs = fig["garg_t1"]
+    assert min(theirs["rounds_prompts_per_s"]) > 0 and theirs["matmul_flops_per_step"] > 0
+    assert theirs["info"]["threads"] == 1 and theirs["info"]["torch"]
+    assert fig["ratio_over_garg"] == fig["ratio_over_garg_t1"] > 0 and fig["garg_best_threads"] == 1
+    assert fig["gemm_ceiling_gflops"]["torch_t1"]["max"] > 0
+
+
+@pytest.mark.slow
+def test_profile_script_writes_its_table_at_a_tiny_configuration(REPO_ROOT, tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/profile_transformer.py", "--tiny", "--out", str(tmp_path)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "profile_transformer.json").read_text())
+    cats = report["categories"]
+    assert abs(sum(c["share"] for c in cats.values()) - 1) < 1e-6
+    for name in ("matmul: dense layers", "matmul: attention q.k, w.v", "layer norm", "optimiser (Adam)", "sampling"):
+        assert cats[name]["ms_per_step"] > 0, name
+    assert cats["matmul: dense layers"]["flops_per_step"] > 0
+    assert report["summary"]["unattributed_ms_per_step"] == 0 and report["top_ops"]
+    assert "matmul: dense layers" in proc.stdout

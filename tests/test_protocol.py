@@ -103,7 +103,14 @@ def test_the_documented_model_goes_through_every_analysis(trained):
     lambda rngs: icl.LinearTransformer(D, 2, rngs=rngs),
     lambda rngs: icl.SparseLinearTransformer(D, 2, rngs=rngs),
     lambda rngs: icl.Transformer(D, num_layers=1, width=16, num_heads=2, max_pairs=N + 1, rngs=rngs),
-], ids=["LinearTransformer", "SparseLinearTransformer", "Transformer"])
+    lambda rngs: icl.SparseLinearTransformer(D, 1, loops=3, rngs=rngs),
+    lambda rngs: icl.Transformer(D, num_layers=1, width=16, num_heads=2, max_pairs=N + 1, loops=2,
+                                 input_injection=True, rngs=rngs),
+    lambda rngs: icl.LinearRNN(D, rngs=rngs),
+    lambda rngs: icl.DiagonalSSM(D, num_layers=1, width=8, state_size=4, rngs=rngs),
+    lambda rngs: icl.SelectiveSSM(D, num_layers=1, width=8, state_size=4, rngs=rngs),
+], ids=["LinearTransformer", "SparseLinearTransformer", "Transformer", "LoopedSparseLinearTransformer",
+        "LoopedTransformer", "LinearRNN", "DiagonalSSM", "SelectiveSSM"])
 def test_every_built_in_model_meets_the_protocol_and_rebuilds_from_its_spec(make):
     model = make(nnx.Rngs(0))
     assert isinstance(model, icl.Model)

@@ -47,14 +47,53 @@ def _markdown(text: str) -> str:
         out.append(line[4:] if block and line.startswith("    ") else line)
     if block:
         out.append("```")
-    return re.sub(r"``([^`]+)``", r"`\1`", "\n".join(out))
+    text = re.sub(r":(?:func|class|meth|mod|attr|data|obj|exc):`~?([^`]+)`", r"`\1`", "\n".join(out))
+    return re.sub(r"``([^`]+)``", r"`\1`", text)
 
 
 def experiment_page(path: Path) -> str:
     doc = _docstring(path)
     title, _, body = doc.partition("\n")
-    return (f"# `{path.name}`\n\n**{title.strip()}**\n\n{_markdown(body.strip())}\n\n## Flags\n\n"
+    body = _markdown(body.strip("\n"))
+    return (f"# `{path.name}`\n\n**{title.strip()}**\n\n{body}\n\n## Flags\n\n"
             f"```text\n{_help(path)}```\n\nSource: `experiments/{path.name}`.\n")
+
+
+API_MODULES = ["icl.tasks", "icl.predictors", "icl.protocol", "icl.models", "icl.models.garg", "icl.theory",
+               "icl.training", "icl.sweeps", "icl.checkpoint", "icl.progress", "icl.runlog", "icl.evaluate",
+               "icl.fingerprint", "icl.probes", "icl.uncertainty", "icl.plotting", "icl.io", "icl.experiment",
+               "icl.pytree"]
+
+
+def on_config(config):
+    """The Experiments and Notebooks sections of the navigation list every script and notebook there is."""
+    scripts = sorted(p.stem for p in EXPERIMENTS.glob("*.py"))
+    notebooks = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    for i, entry in enumerate(config["nav"]):
+        if isinstance(entry, dict) and "Experiments" in entry:
+            config["nav"][i] = {"Experiments": [{"Overview": "experiments/index.md"}]
+                                + [{s: f"experiments/{s}.md"} for s in scripts]}
+        if isinstance(entry, dict) and "Notebooks" in entry:
+            config["nav"][i] = {"Notebooks": [{n[:-6]: f"notebooks/{n}"} for n in notebooks]}
+    return config
+
+
+def on_post_build(config):
+    """Every public name of the documented modules has a rendered entry (an anchor) in the API reference."""
+    import importlib
+
+    ids = set()
+    for page in Path(config["site_dir"], "api").rglob("*.html"):
+        ids |= set(re.findall(r'id="(icl\.[A-Za-z0-9_.]+)"', page.read_text()))
+    missing = []
+    for name in API_MODULES:
+        module = importlib.import_module(name)
+        for member in getattr(module, "__all__", []):
+            canonical = getattr(getattr(module, member), "__module__", None)
+            if f"{name}.{member}" not in ids and f"{canonical}.{member}" not in ids:
+                missing.append(f"{name}.{member}")
+    if missing:
+        raise RuntimeError(f"public names without a rendered docstring in the API reference: {missing}")
 
 
 def on_files(files, config):

@@ -1,14 +1,14 @@
-"""Load the trained GPT-2 models of Garg et al. (2022) and of the codebases built on theirs into :class:`icl.Transformer`.
+"""Load the trained GPT-2 models of Garg et al. (2022) and of the codebases built on theirs into [`icl.Transformer`][icl.models.Transformer].
 
 Garg, Tsipras, Liang and Valiant released their trained models (``models.zip`` of dtsip/in-context-learning), and
 later work (Fu et al., Bai et al. and others) tells its users to download them. Their model, ``TransformerModel``,
 is a Hugging Face ``GPT2Model`` between two linear layers, with the prompt interleaved as
 ``x_1, [y_1, 0, ..., 0], x_2, ...`` and the prediction of ``y_k`` read off at token ``x_k``. That is exactly
-:class:`icl.Transformer` with ``encoding="interleaved"``, learned positions, softmax attention, GELU (tanh)
-MLPs of ratio 4 and GPT-2's LayerNorms, whose :meth:`~icl.Transformer.prefix` is their ``forward``. The weights
+[`icl.Transformer`][icl.models.Transformer] with ``encoding="interleaved"``, learned positions, softmax attention, GELU (tanh)
+MLPs of ratio 4 and GPT-2's LayerNorms, whose [`prefix`][icl.models.Transformer.prefix] is their ``forward``. The weights
 map one to one:
 
-| theirs (PyTorch state dict) | ``icl.Transformer`` |
+| theirs (PyTorch state dict) | [`icl.Transformer`][icl.models.Transformer] |
 |---|---|
 | ``_read_in.weight [width, d]``, ``.bias`` | ``read_in.kernel [d, width]`` (transposed), ``read_in.bias`` |
 | ``_backbone.wpe.weight [2 n_positions, width]`` | ``positions`` (the first ``2 n_positions - 1`` rows) |
@@ -34,7 +34,7 @@ learned positions were never trained, is refused unless the user opts in (``mode
 
 Reading a ``.pt`` file needs PyTorch (the ``garg`` extra; a CPU build is enough:
 ``pip install torch --index-url https://download.pytorch.org/whl/cpu``) and a ``config.yaml`` needs PyYAML;
-:func:`transformer_from_garg_state` takes the arrays themselves and needs neither.
+[`transformer_from_garg_state`][icl.models.garg.transformer_from_garg_state] takes the arrays themselves and needs neither.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _check_positive_int(name: str, value) -> int:
 
 def transformer_from_garg_state(state: Mapping[str, object], *, n_head: int,
                                 trained_points: int | None = None) -> Transformer:
-    """An :class:`icl.Transformer` with the weights of a Garg-lineage ``TransformerModel`` state dict.
+    """An [`icl.Transformer`][icl.models.Transformer] with the weights of a Garg-lineage ``TransformerModel`` state dict.
 
     Args:
       state: the state dict (``{name: tensor or array}``, their ``model_state_dict``), names as in the module
@@ -86,7 +86,7 @@ def transformer_from_garg_state(state: Mapping[str, object], *, n_head: int,
         ``model.trained_pairs = None``. ``None``: no limit beyond the positions it has.
 
     Returns:
-      A float32 ``icl.Transformer`` whose :meth:`~icl.Transformer.prefix` equals their ``forward`` to float32
+      A float32 [`icl.Transformer`][icl.models.Transformer] whose [`prefix`][icl.models.Transformer.prefix] equals their ``forward`` to float32
       rounding.
 
     Raises:
@@ -173,7 +173,7 @@ def _read_yaml(path: Path) -> dict:
 
 def load_garg_checkpoint(path: str | os.PathLike, *, step: int | None = None, n_head: int | None = None,
                          trained_points: int | None = None) -> Transformer:
-    """Load a Garg-lineage trained model (a run folder of theirs, or a ``.pt`` file) as an :class:`icl.Transformer`.
+    """Load a Garg-lineage trained model (a run folder of theirs, or a ``.pt`` file) as an [`icl.Transformer`][icl.models.Transformer].
 
     Args:
       path: a run folder with ``config.yaml`` and ``state.pt`` (their ``models.zip`` layout; ``state.pt`` holds
@@ -182,14 +182,14 @@ def load_garg_checkpoint(path: str | os.PathLike, *, step: int | None = None, n_
       n_head: attention heads; read from ``config.yaml`` (``model.n_head``) when not given. Required for a bare
         ``.pt`` file.
       trained_points: the training prompt length in points; read from ``config.yaml``
-        (``training.curriculum.points.end``) when not given. See :func:`transformer_from_garg_state`.
+        (``training.curriculum.points.end``) when not given. See [`transformer_from_garg_state`][icl.models.garg.transformer_from_garg_state].
 
     Returns:
-      The model (float32), ready for ``icl.error_curve``, ``icl.fingerprint``, ``icl.probe`` and the rest.
+      The model (float32), ready for [`icl.error_curve`][icl.evaluate.error_curve], [`icl.fingerprint`][icl.fingerprint.fingerprint], [`icl.probe`][icl.probes.probe] and the rest.
 
     Raises:
       ValueError: a missing file, a configuration of another model family (``model.family`` not ``gpt2``), an
-        unknown layout, or a bad state dict (see :func:`transformer_from_garg_state`).
+        unknown layout, or a bad state dict (see [`transformer_from_garg_state`][icl.models.garg.transformer_from_garg_state]).
       ImportError: PyTorch (or PyYAML, for ``config.yaml``) is not installed.
     """
     path = Path(path)

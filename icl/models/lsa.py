@@ -9,14 +9,14 @@ so keys and values come from the context only. **Prediction convention**: ``y_ha
 coordinate of the query column after the last layer, with a plus sign (von Oswald's code and Ahn et
 al. negate it). For one layer the sign is absorbed by the gauge ``W^PV -> -W^PV``; for two or more
 layers it is not (the context y-tokens carry residuals into later layers), so Ahn et al.'s multi-layer
-GD construction lives in :class:`icl.models.SparseLinearTransformer`, which reads out ``-y``.
+GD construction lives in [`icl.models.SparseLinearTransformer`][icl.models.SparseLinearTransformer], which reads out ``-y``.
 
 **Gram form** (how the forward pass is computed). With ``G = (1/n) sum_i z_i z_i^T`` over the context,
 a layer maps *every* token, context or query, by the same matrix ``M_l = I + W^PV_l G_l W^KQ_l``; so the
 next layer's Gram matrix is ``G_{l+1} = M_l G_l M_l^T`` and after one ``O(n d^2)`` pass that forms
 ``G_0`` the whole stack costs ``O(L d^3)`` per prompt, independent of ``n``; the weights never touch
 the ``n`` tokens, so the backward pass never does either. Exact (the token form of the definition is
-kept as :meth:`LinearTransformer.tokens`, and the two agree to ~1e-14 in float64).
+kept as [`LinearTransformer.tokens`][icl.models.LinearTransformer.tokens], and the two agree to ~1e-14 in float64).
 
 Read-offs of trained weights (``Gamma_eff``, Ahn's ``Dist(M, I)``) and the GD constructions of von
 Oswald et al. (2023, Prop. 1) live here too.
@@ -55,7 +55,7 @@ def prompt_tokens(prompts: Prompts) -> tuple[jax.Array, jax.Array]:
 
 
 def check_model_prompts(prompts, d: int, who: str) -> None:
-    """:func:`icl.tasks.check_prompt_shapes` for a model built with input dimension ``d``."""
+    """[`icl.tasks.check_prompt_shapes`][icl.tasks.check_prompt_shapes] for a model built with input dimension ``d``."""
     check_prompt_shapes(prompts, who=who, d=d)
 
 
@@ -178,7 +178,7 @@ class LinearTransformer(nnx.Module):
 
     Args:
       d: input dimension; num_layers: LSA layers (>= 1); init_scale, init_diag: see
-        :class:`LinearSelfAttention`.
+        [`LinearSelfAttention`][icl.models.LinearSelfAttention].
       variance_head: also predict a variance (Liu et al. 2024; docs/theory.md §12) from the final query
         token ``q_L`` (``d + 1`` numbers): ``var = exp(var_bias) + ||var_read q_L||^2``, i.e. the log-variance
         ``log(exp(var_bias) + ||var_read q_L||^2)``, with trainable ``var_bias`` (scalar, starts at 0) and
@@ -224,17 +224,17 @@ class LinearTransformer(nnx.Module):
         return dict(self._spec)
 
     def preconditioner(self, layer: int = 0) -> jax.Array:
-        """``Gamma_eff = c A^T + a b^T`` of layer ``layer`` (:func:`implied_preconditioner`), ``[d, d]``."""
+        """``Gamma_eff = c A^T + a b^T`` of layer ``layer`` ([`implied_preconditioner`][icl.models.implied_preconditioner]), ``[d, d]``."""
         return implied_preconditioner(self.layers[layer])
 
     @classmethod
     def from_gd(cls, d: int, eta: float, preconditioner=None, *, variance_head: bool = False) -> "LinearTransformer":
         """One layer that runs one step of (preconditioned) GD from ``w = 0`` exactly (von Oswald et al. 2023, Prop. 1).
 
-        Weights of :func:`gd_lsa_weights`: ``y_hat = x_q^T (eta P) h`` with ``h = (1/n) sum_i y_i x_i``, i.e.
+        Weights of [`gd_lsa_weights`][icl.models.gd_lsa_weights]: ``y_hat = x_q^T (eta P) h`` with ``h = (1/n) sum_i y_i x_i``, i.e.
         ``icl.gradient_descent(eta, P)``; ``implied_preconditioner(model) = eta P``. ``preconditioner``:
         ``None`` (identity) or ``[d, d]``. For L steps of GD use
-        :meth:`icl.models.SparseLinearTransformer.from_gd` (the plus-sign read-out of this class cannot
+        [`icl.models.SparseLinearTransformer.from_gd`][icl.models.SparseLinearTransformer.from_gd] (the plus-sign read-out of this class cannot
         carry the residual sign through several layers; module docstring).
         """
         if np.ndim(eta) != 0:
@@ -345,7 +345,7 @@ def gd_lsa_weights(d: int, eta: float, preconditioner=None) -> tuple[np.ndarray,
 
     ``W^KQ = [[P^T, 0], [0, 0]]`` and the last row of ``W^PV`` is ``[0, ..., 0, eta]`` (all else 0), so
     ``Gamma_eff = c A^T = eta P`` and ``y_hat = x_q^T (eta P) h`` exactly (docs/theory.md §2). Returns numpy
-    ``(w_pv, w_kq)``, each ``[d + 1, d + 1]``. :meth:`LinearTransformer.from_gd` builds the model.
+    ``(w_pv, w_kq)``, each ``[d + 1, d + 1]``. [`LinearTransformer.from_gd`][icl.models.LinearTransformer.from_gd] builds the model.
     """
     d = check_positive_int("d", d)
     if not np.isfinite(eta):
@@ -415,7 +415,7 @@ def lsa_blocks(layer_or_w_pv, w_kq=None):
     """Split an LSA layer into the blocks that reach the prediction (docs/theory.md §2).
 
     The last row of ``W^PV`` is ``[b^T, c]``; the first ``d`` columns of ``W^KQ`` are ``[A; a^T]``.
-    Accepts a :class:`LinearSelfAttention` (or a sparse layer), a one-layer model, or the two matrices
+    Accepts a [`LinearSelfAttention`][icl.models.LinearSelfAttention] (or a sparse layer), a one-layer model, or the two matrices
     (leading batch axes allowed). Returns ``(b [..., d], c [...], A [..., d, d], a [..., d])``.
     Raises ValueError for a model with several layers (pass ``model.layers[i]``).
     """
@@ -494,7 +494,7 @@ def _dist_to_identity(m):
 
 
 def lsa_from_parameters(c, a_mat):
-    """A one-layer :class:`icl.LinearTransformer` with ``W^PV = [[0, 0], [0, c]]``, ``W^KQ = [[A, 0], [0, 0]]``.
+    """A one-layer [`icl.LinearTransformer`][icl.models.LinearTransformer] with ``W^PV = [[0, 0], [0, c]]``, ``W^KQ = [[A, 0], [0, 0]]``.
 
     Its predictions are ``x_q^T (c A^T) h`` (ZFB's parametrisation, ``b = a = 0``); evaluate it on sampled prompts
     to check the population closed forms by Monte Carlo.

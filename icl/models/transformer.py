@@ -21,10 +21,10 @@ switch                effect
 
 With ``encoding="stacked", attention="linear", mlp=False, layer_norm=False, positional="none"`` and one
 layer and head, the model can hold the LSA's one-step-GD construction (von Oswald et al. 2023, Prop. 1;
-docs/theory.md §2) exactly: :func:`set_gd_construction` writes those weights. The query also attends to
+docs/theory.md §2) exactly: [`set_gd_construction`][icl.models.set_gd_construction] writes those weights. The query also attends to
 itself (a causal decoder always does), but its token carries ``y = 0`` so under that construction its own
 value adds nothing. **For two or more layers the causal model is a different model from the LSA stack**
-(:class:`icl.LinearTransformer`): there, every context token attends to the whole context; here, token ``i``
+([`icl.LinearTransformer`][icl.models.LinearTransformer]): there, every context token attends to the whole context; here, token ``i``
 attends to tokens ``1..i`` only, so later layers see causally updated context tokens.
 
 Every-prefix predictions (Garg's convention, docs/theory.md §10): ``model.prefix(prompts)[:, k-1]`` is the
@@ -33,6 +33,18 @@ pass over ``x_1, y_1, ..., x_n, y_n`` read at the x tokens. For ``"stacked"`` th
 its own label, so a second stream of query tokens ``[x_k, 0]`` (at position ``k - 1``) runs alongside the
 causal context stream: query ``k`` attends to context tokens ``1..k-1`` and to itself, in every layer. Both
 are exactly the model run on the truncated prompts, for all ``k`` at once and without a loop over ``k``.
+
+**Looped (weight-tied) transformers** (Yang, Lee, Nowak & Papailiopoulos 2023, "Looped transformers are better at
+learning learning algorithms"; Giannou et al. 2023): with ``loops=T`` the stack of ``num_layers`` blocks is applied
+``T`` times with the same weights (the read-in, positions, final LayerNorm and read-out once; Yang et al.'s code
+loops their GPT-2 backbone, which adds the positions and applies its final LayerNorm on every pass). With
+``input_injection=True`` the embedded prompt ``e`` is re-added before every loop, Yang et al.'s
+``Y_{t+1} = M(Y_t + e)`` from ``Y_0 = 0``; without it, ``Y_{t+1} = M(Y_t)`` from ``Y_0 = e``. Either way one loop is
+the unlooped model. ``model.loops`` may be reassigned at prediction time (or use ``model.with_loops(T)``); the
+parameters do not change. ``loops=None`` (the default) is the standard transformer: the same parameters, outputs
+and ``spec()`` as before the option existed. [`Transformer.loop_outputs`][icl.models.Transformer.loop_outputs] reads the prediction after every loop
+and [`loop_window_loss`][icl.models.loop_window_loss] is Yang et al.'s truncated loss (the mean squared error over the last loops) as a
+``loss_fn`` for [`icl.train`][icl.training.train].
 """
 
 from __future__ import annotations
@@ -45,9 +57,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from icl.tasks import Prompts, check_positive_int, check_prompt_shapes
+from icl.tasks import Prompts, check_int, check_positive_int, check_prompt_shapes
 
-__all__ = ["Transformer", "plot_attention_maps", "set_gd_construction"]
+__all__ = ["Transformer", "loop_window_loss", "plot_attention_maps", "set_gd_construction"]
 
 _ENCODINGS = ("interleaved", "stacked")
 _POSITIONAL = ("learned", "none")
@@ -143,8 +155,8 @@ class Transformer(nnx.Module):
     prefix's prediction (entry ``k-1``: ``y_k`` from ``x_k`` and the first ``k-1`` pairs; docs/theory.md §10);
     ``model.attention_maps(prompts)`` returns every layer's and head's attention weights;
     ``model.hidden_states(prompts)`` the residual stream; ``model.spec()`` the constructor arguments (the model
-    protocol, :mod:`icl.protocol`). Built with ``variance_head=True`` it also reads out a log-variance and both
-    calls return ``(mean, var)`` (``returns_variance`` is then True; the Gaussian NLL losses of :func:`icl.train`
+    protocol, [`icl.protocol`][icl.protocol]). Built with ``variance_head=True`` it also reads out a log-variance and both
+    calls return ``(mean, var)`` (``returns_variance`` is then True; the Gaussian NLL losses of [`icl.train`][icl.training.train]
     use it).
 
     Args:
@@ -157,9 +169,13 @@ class Transformer(nnx.Module):
         ValueError (train with ``max_pairs`` above the training length for length-shift experiments, or use
         ``positional="none"``). ``prefix`` accepts one pair more (its last label is never read).
       attention: ``"softmax"`` (GPT-2) or ``"linear"`` (unnormalised, ``1/#context pairs`` attended, as in the LSA).
-      mlp, layer_norm: include the GELU MLPs / the LayerNorms.
+      mlp: include the GELU MLPs.
+      layer_norm: include the LayerNorms.
       variance_head: also read out ``log var`` (mean-and-variance predictor).
       param_dtype: dtype of the parameters (float32; float64 for exactness checks under x64).
+      loops: ``None`` (default, the standard model) or the number of times the block stack is applied with shared
+        weights (>= 1; module docstring, "Looped"). May be reassigned on the model at prediction time.
+      input_injection: re-add the embedded prompt before every loop (Yang et al. 2023).
       rngs: ``nnx.Rngs`` with a ``params`` stream.
 
     Layers are ``nnx.Linear`` (``kernel [in, out]``, ``bias``) and ``nnx.LayerNorm`` (``scale``, ``bias``;
@@ -182,7 +198,7 @@ class Transformer(nnx.Module):
     def __init__(self, d: int, *, num_layers: int, width: int, num_heads: int, mlp_ratio: int = 4,
                  encoding: str = "interleaved", positional: str = "learned", max_pairs: int = 64,
                  attention: str = "softmax", mlp: bool = True, layer_norm: bool = True, variance_head: bool = False,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 param_dtype=jnp.float32, loops: int | None = None, input_injection: bool = False, rngs: nnx.Rngs):
         self.d = check_positive_int("d", d)
         self.num_layers = check_positive_int("num_layers", num_layers)
         self.width = check_positive_int("width", width)
@@ -197,6 +213,8 @@ class Transformer(nnx.Module):
         self.mlp = _check_bool("mlp", mlp)
         self.layer_norm = _check_bool("layer_norm", layer_norm)
         self.variance_head = _check_bool("variance_head", variance_head)
+        self.loops = None if loops is None else check_positive_int("loops", loops)
+        self.input_injection = _check_bool("input_injection", input_injection)
         dtype = jnp.dtype(param_dtype)
         self.param_dtype = dtype.name
         token_dim = d if encoding == "interleaved" else d + 1
@@ -222,7 +240,33 @@ class Transformer(nnx.Module):
         """The constructor's keyword arguments (JSON-able): ``Transformer(**m.spec(), rngs=...)`` has m's structure."""
         names = ("d", "num_layers", "width", "num_heads", "mlp_ratio", "encoding", "positional", "max_pairs",
                  "attention", "mlp", "layer_norm", "variance_head", "param_dtype")
-        return {name: getattr(self, name) for name in names}
+        spec = {name: getattr(self, name) for name in names}
+        if self.loops is not None or self.input_injection:  # absent at the defaults: unlooped specs are unchanged
+            spec.update(loops=self._loop_count(), input_injection=bool(self.input_injection))
+        return spec
+
+    def _loop_count(self) -> int:
+        """How many times the block stack runs (``loops``, validated: it may be reassigned; None is 1)."""
+        return 1 if self.loops is None else check_positive_int("loops", self.loops)
+
+    def with_loops(self, loops: int) -> Transformer:
+        """A copy of this model (same parameter values) that applies its block stack ``loops`` times."""
+        loops = check_positive_int("loops", loops)
+        model = nnx.clone(self)
+        model.loops = loops
+        return model
+
+    def loop_outputs(self, prompts: Prompts, prefix: bool = False, *, stop_gradient_loops: int = 0):
+        """The prediction read out after every loop: ``[loops, batch]`` (``[loops, batch, n]`` with ``prefix``).
+
+        Entry ``t - 1`` is what the model with ``loops = t`` predicts (the final LayerNorm and read-out applied to
+        the stream after ``t`` loops); the last entry is ``model(prompts)`` (or ``model.prefix(prompts)``). With
+        ``variance_head`` a ``(mean, var)`` pair of those shapes. ``stop_gradient_loops``: no gradient flows back
+        through the first that many loops (their values are unchanged; Yang et al. run them without gradients).
+        Used by [`loop_window_loss`][icl.models.loop_window_loss].
+        """
+        stop = check_int("stop_gradient_loops", stop_gradient_loops, 0)
+        return self._apply(f"loop_{'prefix' if _check_bool('prefix', prefix) else 'query'}:{stop}", prompts)
 
     def __call__(self, prompts: Prompts):
         """Prediction of the query, ``[batch]`` (``(mean, var)`` with ``variance_head``)."""
@@ -239,7 +283,8 @@ class Transformer(nnx.Module):
         return self._apply("prefix", prompts)
 
     def attention_maps(self, prompts: Prompts) -> jax.Array:
-        """Attention weights of the query call: ``[num_layers, batch, num_heads, T, T]``.
+        """Attention weights of the query call: ``[num_layers, batch, num_heads, T, T]`` (``num_layers * loops`` maps
+        for a looped model, one per block application).
 
         ``T`` tokens: ``2n + 1`` for interleaved (``x_1, y_1, ..., x_n, y_n, x_q``), ``n + 1`` for stacked
         (``[x_i, y_i]`` then ``[x_q, 0]``); row ``t`` is what token ``t`` attends to (zero above the diagonal).
@@ -249,10 +294,11 @@ class Transformer(nnx.Module):
         return self._apply("maps", prompts)
 
     def hidden_states(self, prompts: Prompts) -> list[jax.Array]:
-        """The residual stream of the query call: ``num_layers + 1`` arrays ``[batch, T, width]``.
+        """The residual stream of the query call: ``num_layers + 1`` arrays ``[batch, T, width]`` (``num_layers * loops
+        + 1`` for a looped model: the stream after every block application).
 
         Entry 0 is the embedded tokens (read-in plus positions), entry ``l`` the stream after block ``l``
-        (before the final LayerNorm). Tokens as in :meth:`attention_maps`; the last one (``T - 1``) is the
+        (before the final LayerNorm). Tokens as in ``attention_maps``; the last one (``T - 1``) is the
         query token, from which ``model(prompts)`` is read (for probes, Akyurek et al. 2023).
         """
         return self._apply("states", prompts)
@@ -261,13 +307,15 @@ class Transformer(nnx.Module):
         """Validate (static shapes), then run ``what`` as one compiled program (cached per model structure and
         shape), so eager calls are fast; inside an outer ``jit``/``grad`` the inner ``jit`` is inlined."""
         self._check(prompts, what)
+        self._loop_count()
+        _check_bool("input_injection", self.input_injection)
         graphdef, state = nnx.split(self)
         return _compiled(graphdef, state, Prompts(*prompts), what)
 
     def _check(self, prompts: Prompts, what: str = "query") -> None:
         _, y = check_prompt_shapes(prompts, who="Transformer", d=self.d)
         n = np.shape(y)[1]
-        extra = int(what == "prefix")  # prefix never reads its last label, so it needs one position less
+        extra = int(what.startswith(("prefix", "loop_prefix")))  # prefix never reads its last label: one position less
         if self.positional == "learned" and n > self.max_pairs + extra:
             raise ValueError(f"prompts have n={n} context pairs but the model has learned positions for at most "
                              f"max_pairs={self.max_pairs}{' (+1 for prefix)' if extra else ''}; build it with a "
@@ -287,15 +335,31 @@ class Transformer(nnx.Module):
         else:  # [x_i, y_i] (, [x_q, 0])
             tokens = jnp.concatenate([x, y[..., None]], axis=-1)
             query = jnp.pad(prompts.x_query, ((0, 0), (0, 1)))
-        if what == "prefix":
+        what, _, stop = what.partition(":")  # "loop_query:2": per-loop outputs, no gradient through loops 1..2
+        stop = int(stop or 0)
+        if what in ("prefix", "loop_prefix"):
+            every = [] if what == "loop_prefix" else None
             if self.encoding == "interleaved":  # the last label token is never read: 2n - 1 tokens
-                return self._read(self._stream(tokens[:, :-1])[0][:, 0::2])
-            return self._read(self._stream(tokens, jnp.pad(x, ((0, 0), (0, 0), (0, 1))))[1])
-        maps, states = [], []
+                h, _ = self._stream(tokens[:, :-1], every=every, stop=stop)
+                return self._read(h[:, 0::2]) if every is None else self._read_loops([e[0][:, 0::2] for e in every])
+            h = self._stream(tokens, jnp.pad(x, ((0, 0), (0, 0), (0, 1))), every=every, stop=stop)[1]
+            return self._read(h) if every is None else self._read_loops([e[1] for e in every])
+        if what == "loop_query":
+            every = []
+            self._stream(jnp.concatenate([tokens, query[:, None]], axis=1), every=every, stop=stop)
+            return self._read_loops([e[0][:, -1] for e in every])
+        maps, states = ([], []) if what in ("maps", "states") else (None, None)
         h, _ = self._stream(jnp.concatenate([tokens, query[:, None]], axis=1), None, maps, states)
         if what == "query":
             return self._read(h[:, -1])
         return jnp.stack(maps) if what == "maps" else states
+
+    def _read_loops(self, streams: list):
+        """The read-outs of the streams after each loop, stacked on a leading loop axis."""
+        outs = [self._read(h) for h in streams]
+        if self.log_var_out is None:
+            return jnp.stack(outs)
+        return jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs])
 
     def _read(self, h: jax.Array):
         """The read-out (mean, or ``(mean, var)``) of the stream ``h [..., width]``, shape ``[...]``."""
@@ -311,12 +375,16 @@ class Transformer(nnx.Module):
         h = h if self.positions is None else h + self.positions[:t].astype(h.dtype)
         return h.reshape(b * t, -1)
 
-    def _stream(self, tokens, queries=None, maps=None, states=None):
+    def _stream(self, tokens, queries=None, maps=None, states=None, every=None, stop: int = 0):
         """Run the blocks over the causal context stream ``tokens [b, T, ·]`` and, if given, the query stream
         ``queries [b, T, ·]`` (query ``t`` sits at position ``t``, attends to context tokens ``< t`` and itself).
         Returns the final ``(h, g)``, each ``[b, T, width]`` (``g`` None without queries); appends each block's
-        maps and the states. Inside, the streams are ``[b * T, width]``, so every layer but attention is one 2-D
-        matmul (for 3-D activations XLA:CPU adds transposes to the gradient: 10-20% of a training step)."""
+        maps and the states, and to ``every`` the ``(h, g)`` after each loop. Inside, the streams are
+        ``[b * T, width]``, so every layer but attention is one 2-D matmul (for 3-D activations XLA:CPU adds
+        transposes to the gradient: 10-20% of a training step). Looped: the block stack runs ``loops`` times
+        (``input_injection``: the embeddings re-added before each loop after the first); when neither maps, states
+        nor per-loop streams are asked for, the loops are one ``jax.lax.fori_loop``. ``stop``: the streams after
+        the first ``stop`` loops pass through ``jax.lax.stop_gradient``."""
         b, t, _ = tokens.shape
         position = np.arange(t)
         causal = position[:, None] >= position[None, :]
@@ -329,27 +397,94 @@ class Transformer(nnx.Module):
         softmax = self.attention == "softmax"
         h = self._embed(tokens)
         g = None if queries is None else self._embed(queries)
+        h0, g0 = h, g
         if states is not None:
             states.append(h.reshape(b, t, -1))
-        for block in self.blocks:
-            q, k, v = block.heads(h, b)
-            weights, out = _attend(q, k, v, causal, pairs, softmax)
-            if g is not None:  # query t: context keys < t, then its own key
-                qg, kg, vg = block.heads(g, b)
-                _, out_g = _attend(qg, jnp.concatenate([k, kg], 2), jnp.concatenate([v, vg], 2), query_mask,
-                                   position, softmax)
-                g = block.mlp(block.attend_out(g, out_g))
-            h = block.mlp(block.attend_out(h, out))
-            if maps is not None:
-                maps.append(weights)
-            if states is not None:
-                states.append(h.reshape(b, t, -1))
-        return h.reshape(b, t, -1), None if g is None else g.reshape(b, t, -1)
+
+        def stack(h, g):
+            for block in self.blocks:
+                q, k, v = block.heads(h, b)
+                weights, out = _attend(q, k, v, causal, pairs, softmax)
+                if g is not None:  # query t: context keys < t, then its own key
+                    qg, kg, vg = block.heads(g, b)
+                    _, out_g = _attend(qg, jnp.concatenate([k, kg], 2), jnp.concatenate([v, vg], 2), query_mask,
+                                       position, softmax)
+                    g = block.mlp(block.attend_out(g, out_g))
+                h = block.mlp(block.attend_out(h, out))
+                if maps is not None:
+                    maps.append(weights)
+                if states is not None:
+                    states.append(h.reshape(b, t, -1))
+            return h, g
+
+        def inject(h, g):
+            return h + h0, None if g is None else g + g0
+
+        def shaped(h, g):
+            return h.reshape(b, t, -1), None if g is None else g.reshape(b, t, -1)
+
+        loops = self._loop_count()
+        if loops > 1 and maps is None and states is None and every is None:
+            def body(_, carry):
+                h, g = carry if queries is not None else (carry, None)
+                if self.input_injection:
+                    h, g = inject(h, g)
+                h, g = stack(h, g)
+                return (h, g) if queries is not None else h
+
+            h, g = stack(h, g)  # the first loop (no injection: Y_0 = 0), then loops 2..T
+            out = jax.lax.fori_loop(1, loops, body, (h, g) if queries is not None else h)
+            return shaped(*(out if queries is not None else (out, None)))
+        for loop in range(loops):
+            if loop and self.input_injection:
+                h, g = inject(h, g)
+            h, g = stack(h, g)
+            if loop < stop:
+                h, g = jax.lax.stop_gradient(h), None if g is None else jax.lax.stop_gradient(g)
+            if every is not None:
+                every.append(shaped(h, g))
+        return shaped(h, g)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "what"))
 def _compiled(graphdef, state, prompts: Prompts, what: str):
     return nnx.merge(graphdef, state)._run(what, prompts)
+
+
+def loop_window_loss(window: int, *, prefix: bool = False, truncate_backprop: bool = True):
+    """Yang et al. (2023)'s truncated loss as an [`icl.train`][icl.training.train] ``loss_fn``: the squared error averaged over the
+    last ``window`` loops (loops ``T - window + 1 .. T`` of a model with ``loops = T``; all when ``window >= T``).
+
+    ``prefix=False``: the query's error (as ``loss="query"``); ``prefix=True``: the mean over the every-prefix
+    predictions of the prompt extended by its query as pair ``n + 1`` (as ``loss="every_prefix"``; Yang et al.
+    train on every prefix). ``truncate_backprop`` (default, as their code): no gradient flows through the loops
+    before the window, so the backward pass costs ``window`` loops, not ``T``.
+
+    Use with a looped [`Transformer`][icl.models.Transformer] (any model with ``loops`` and ``loop_outputs(prompts, prefix,
+    stop_gradient_loops=)``): ``icl.train(make, task, config, loss_fn=loop_window_loss(5))``. Yang et al. also grow
+    ``T`` during training (a curriculum over the loop count); that needs the training step inside the loss, which
+    [`icl.train`][icl.training.train]'s ``loss_fn(model, prompts)`` does not receive, so it is not offered here.
+    """
+    window = check_positive_int("window", window)
+    prefix = _check_bool("prefix", prefix)
+    truncate_backprop = _check_bool("truncate_backprop", truncate_backprop)
+
+    def loss_fn(model, prompts: Prompts) -> jax.Array:
+        loops = 1 if model.loops is None else check_positive_int("loops", model.loops)
+        stop = max(loops - window, 0) if truncate_backprop else 0
+        if prefix:
+            prompts = Prompts(x=jnp.concatenate([prompts.x, prompts.x_query[:, None]], axis=1),
+                              y=jnp.concatenate([prompts.y, prompts.y_query[:, None]], axis=1),
+                              x_query=prompts.x_query, y_query=prompts.y_query, w=prompts.w)
+            target = prompts.y
+        else:
+            target = prompts.y_query
+        outs = model.loop_outputs(prompts, prefix, stop_gradient_loops=stop)
+        mean = outs[0] if isinstance(outs, tuple) else outs
+        return jnp.mean((mean[-window:] - target[None]) ** 2)
+
+    loss_fn.__name__ = f"loop_window_loss_{window}"
+    return loss_fn
 
 
 def set_gd_construction(model: Transformer, eta: float) -> Transformer:
@@ -384,48 +519,5 @@ def set_gd_construction(model: Transformer, eta: float) -> Transformer:
     return model
 
 
-def plot_attention_maps(model_or_maps, prompts: Prompts | None = None, *, index: int = 0, encoding: str | None = None):
-    """Figure of every layer's (rows) and head's (columns) attention map for prompt ``index``.
-
-    Pass a :class:`Transformer` and ``prompts`` (the maps of ``model.attention_maps(prompts)`` are drawn, with
-    token labels), or an array ``[num_layers, batch, num_heads, T, T]`` of maps. Returns the matplotlib figure
-    (the caller saves it).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    if isinstance(model_or_maps, Transformer):
-        if prompts is None:
-            raise ValueError("prompts is required when a model is given")
-        encoding = model_or_maps.encoding
-        maps = model_or_maps.attention_maps(prompts)
-    else:
-        maps = model_or_maps
-    maps = np.asarray(maps)
-    if maps.ndim != 5:
-        raise ValueError(f"maps must have shape [num_layers, batch, num_heads, T, T], got {maps.shape}")
-    if not 0 <= index < maps.shape[1]:
-        raise ValueError(f"index must be in [0, {maps.shape[1]}), got {index}")
-    layers, _, heads, t, _ = maps.shape
-    if encoding == "interleaved":
-        labels = [f"{'xy'[i % 2]}{i // 2 + 1}" for i in range(t - 1)] + ["xq"]
-    elif encoding == "stacked":
-        labels = [f"z{i + 1}" for i in range(t - 1)] + ["q"]
-    else:
-        labels = [str(i) for i in range(t)]
-    fig, axes = plt.subplots(layers, heads, figsize=(2.6 * heads + 0.8, 2.4 * layers), squeeze=False)
-    step = max(1, t // 12)
-    for li in range(layers):
-        for hi in range(heads):
-            ax = axes[li, hi]
-            image = ax.imshow(maps[li, index, hi], cmap="viridis", aspect="auto")
-            ax.set_title(f"layer {li + 1}, head {hi + 1}", fontsize=8)
-            ax.set_xticks(range(0, t, step), labels[::step], fontsize=6, rotation=90)
-            ax.set_yticks(range(0, t, step), labels[::step], fontsize=6)
-            fig.colorbar(image, ax=ax, fraction=0.046)
-    axes[-1, 0].set_xlabel("attended token (key)")
-    axes[-1, 0].set_ylabel("attending token (query)")
-    fig.tight_layout()
-    return fig
+# The figure lives in icl.plotting (which never sets matplotlib's backend); the name stays importable from here.
+from icl.plotting import plot_attention_maps

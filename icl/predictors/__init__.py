@@ -1,14 +1,14 @@
 """Every predictor in one home: ``p(prompts) -> [batch]`` and ``p.prefix(prompts) -> [batch, n]``.
 
-Protocol (:mod:`icl.protocol`): ``p(prompts)`` predicts the query from the whole context;
+Protocol ([`icl.protocol`][icl.protocol]): ``p(prompts)`` predicts the query from the whole context;
 ``p.prefix(prompts)[:, k - 1]`` predicts ``y_k`` from ``x_k`` using the first ``k - 1`` pairs (Garg et al.
 2022; 0 at ``k = 1``), docs/theory.md §10. Mean-and-variance predictors (``returns_variance = True``) return
 ``(mean, var)`` pairs. Library predictors are pytrees whose hyper-parameters are leaves.
 
-- :mod:`~icl.predictors.gd`: K-step (preconditioned) GD, GD++, averaging, ``linear_predictor``.
-- :mod:`~icl.predictors.regression`: least squares (minimum norm), ridge, Bayes posterior mean and predictive,
-  all by QR updating (:mod:`~icl.predictors.qr`); recursive least squares.
-- :mod:`~icl.predictors.lasso`: LASSO by FISTA. :mod:`~icl.predictors.nonparametric`: k-NN, Nadaraya-Watson.
+- ``gd``: K-step (preconditioned) GD, GD++, averaging, ``linear_predictor``.
+- ``regression``: least squares (minimum norm), ridge, Bayes posterior mean and predictive,
+  all by QR updating (``qr``); recursive least squares.
+- ``lasso``: LASSO by FISTA. ``nonparametric``: k-NN, Nadaraya-Watson.
 """
 
 from icl.predictors.base import Predictor

@@ -1,13 +1,13 @@
 """The predictor protocol: ``p(prompts) -> [batch]`` and ``p.prefix(prompts) -> [batch, n]``.
 
-A predictor maps :class:`~icl.tasks.Prompts` to the prediction of the query from the whole context,
+A predictor maps [`Prompts`][icl.tasks.Prompts] to the prediction of the query from the whole context,
 ``[batch]``. Its ``prefix`` gives, at entry ``k - 1`` (``k = 1..n``), the prediction of ``y_k`` from
 ``x_k`` using the first ``k - 1`` pairs (Garg et al. 2022's convention, docs/theory.md §10); ``k = 1``
 is the no-data answer, 0 for the zero-mean priors here. So ``p(prompts)`` is what ``prefix`` would give
 at ``k = n + 1``, not ``prefix[:, n - 1]``.
 
 Mean-and-variance predictors set ``returns_variance = True`` and return ``(mean, var)`` pairs of those
-shapes. Library predictors are pytrees (:func:`icl.pytree.pytree_dataclass`) whose hyper-parameters are
+shapes. Library predictors are pytrees ([`icl.pytree.pytree_dataclass`][icl.pytree.pytree_dataclass]) whose hyper-parameters are
 leaves, so one compiled evaluator serves every step size or penalty.
 """
 
@@ -63,7 +63,7 @@ def _prefix_jit(p, prompts):
 
 
 class JittedPredictor(Predictor):
-    """A :class:`Predictor` whose ``__call__``/``prefix`` run ``_call``/``_prefix`` under one module-level
+    """A [`Predictor`][icl.predictors.Predictor] whose ``__call__``/``prefix`` run ``_call``/``_prefix`` under one module-level
     ``jax.jit`` (the predictor is a pytree argument): eager calls compile once per class, shape and dtype,
     for every value of the hyper-parameters. Inside an outer ``jit`` the inner one is inlined."""
 
@@ -92,7 +92,7 @@ def _shape(a):
 
 
 def check_prompts(name: str, prompts, query: bool = True):
-    """:func:`icl.tasks.check_prompt_shapes` for predictor ``name``; returns ``(x, y)``."""
+    """[`icl.tasks.check_prompt_shapes`][icl.tasks.check_prompt_shapes] for predictor ``name``; returns ``(x, y)``."""
     return check_prompt_shapes(prompts, who=f"predictor {name}", query=query)
 
 

@@ -15,9 +15,9 @@ its mean is the dMMSE prediction ``sum_m p(m | D) w_m^T x_q`` and its variance
 Cost: ``O(batch * n * M * d)`` time. ``p(prompts)`` and ``p.prefix(prompts)`` run over the pool in chunks
 of ``chunk_size`` members (a ``lax.scan`` with a running, shifted log-sum-exp and weighted mean and
 variance: an online softmax), so their memory is ``O(batch * n * chunk_size)`` whatever ``M``; by default
-the chunk holds about 4M residuals (``batch * n * chunk_size``). :meth:`~DiscreteMMSE.mixture` returns
-``[batch, M]`` arrays (its residuals are chunked the same way); :meth:`~DiscreteMMSE.prefix_mixture` and
-:meth:`~DiscreteMMSE.prefix_log_posterior` return ``[batch, n, M]``.
+the chunk holds about 4M residuals (``batch * n * chunk_size``). [`mixture`][icl.predictors.DiscreteMMSE.mixture] returns
+``[batch, M]`` arrays (its residuals are chunked the same way); [`prefix_mixture`][icl.predictors.DiscreteMMSE.prefix_mixture] and
+[`prefix_log_posterior`][icl.predictors.DiscreteMMSE.prefix_log_posterior] return ``[batch, n, M]``.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class _Chunks:
 
 @pytree_dataclass
 class DiscreteMMSE(Predictor):
-    """Posterior mean over a finite pool of task vectors; build it with :func:`dmmse`.
+    """Posterior mean over a finite pool of task vectors; build it with [`dmmse`][icl.predictors.dmmse.dmmse].
 
     Attributes:
       weights: the pool ``[M, d]`` (a leaf).
@@ -187,7 +187,7 @@ class DiscreteMMSEPredictive(DiscreteMMSE):
 
     A mean-and-variance predictor (``returns_variance = True``): ``p(prompts) -> (mean [b], var [b])``,
     ``p.prefix(prompts) -> (mean [b, n], var [b, n])``. The exact predictive is the Gaussian mixture of
-    :meth:`mixture`; :mod:`icl.uncertainty` scores it with that density, not a Gaussian of this variance.
+    ``mixture``; [`icl.uncertainty`][icl.uncertainty] scores it with that density, not a Gaussian of this variance.
     """
 
     returns_variance = True
@@ -201,7 +201,7 @@ class DiscreteMMSEPredictive(DiscreteMMSE):
 
 def dmmse(pool, noise_std: float | None = None, variance: bool = False, *, chunk_size: int | None = None
           ) -> DiscreteMMSE:
-    """The discrete-MMSE (Bayes) predictor of a :class:`~icl.tasks.FiniteTaskPool` (docs/theory.md §12).
+    """The discrete-MMSE (Bayes) predictor of a [`FiniteTaskPool`][icl.tasks.FiniteTaskPool] (docs/theory.md §12).
 
     ``y_hat = sum_m p(m | D) w_m^T x_q`` with ``p(m | D)`` the softmax of the Gaussian log-likelihoods
     ``-sum_i (y_i - w_m^T x_i)^2 / (2 sigma^2)`` of the context under each pool member.
@@ -213,12 +213,12 @@ def dmmse(pool, noise_std: float | None = None, variance: bool = False, *, chunk
         the context exactly and 0/0 elsewhere; pass a small positive value to use a tempered likelihood
         (as it tends to 0, dMMSE picks the member with the smallest residual; any tiny value, 1e-30
         included, gives that member's prediction).
-      variance: if True return a mean-and-variance predictor (:class:`DiscreteMMSEPredictive`).
+      variance: if True return a mean-and-variance predictor ([`DiscreteMMSEPredictive`][icl.predictors.DiscreteMMSEPredictive]).
       chunk_size: pool members per chunk (an integer >= 1); default: about ``2**22 / (batch * n)``, so
         memory stays bounded for pools of any size. Results do not depend on it beyond float rounding.
 
     Returns:
-      :class:`DiscreteMMSE` (or :class:`DiscreteMMSEPredictive`): ``p(prompts) -> [batch]`` and
+      [`DiscreteMMSE`][icl.predictors.DiscreteMMSE] (or [`DiscreteMMSEPredictive`][icl.predictors.DiscreteMMSEPredictive]): ``p(prompts) -> [batch]`` and
       ``p.prefix(prompts) -> [batch, n]`` (Garg's convention: entry ``k-1`` predicts ``y_k`` from
       ``k-1`` pairs; entry 0 is the pool's mean prediction).
     """

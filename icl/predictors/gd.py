@@ -176,7 +176,7 @@ class GradientDescent(JittedPredictor):
 
 
 def gradient_descent(step_sizes, preconditioner=None) -> GradientDescent:
-    """Predictor of K-step (preconditioned) GD from zero; see :func:`gd_weights`."""
+    """Predictor of K-step (preconditioned) GD from zero; see [`gd_weights`][icl.predictors.gd_weights]."""
     return GradientDescent(step_sizes, preconditioner)
 
 
@@ -199,7 +199,7 @@ def _check_gammas(gammas, k: int):
 
 @jax.jit
 def _gdpp_from_moments(s, h, etas, gammas, p):
-    """GD++ weights from moments (``s [..., d, d]``, ``h [..., d]``): see :func:`gd_plus_plus_weights`."""
+    """GD++ weights from moments (``s [..., d, d]``, ``h [..., d]``): see [`gd_plus_plus_weights`][icl.predictors.gd_plus_plus_weights]."""
     d = h.shape[-1]
     eye = jnp.eye(d, dtype=h.dtype)
 
@@ -226,7 +226,7 @@ def gd_plus_plus_weights(x: jax.Array, y: jax.Array, step_sizes, gammas, precond
     and every input (context and query) moves, ``x <- (I - gamma_l S_l P) x``. The query's prediction
     accumulates ``eta_l x_q^(l)T P g``, i.e. ``w = sum_l eta_l N_l^T P g_l`` with ``N_l`` the product of the
     earlier input maps; since ``g_l = N_l (h - S w_l)`` and ``S_l = N_l S N_l^T``, only the moments ``S, h``
-    are needed. All ``gamma = 0`` is :func:`gd_weights`.
+    are needed. All ``gamma = 0`` is [`gd_weights`][icl.predictors.gd_weights].
 
     Args:
       x: ``[batch, n, d]``.
@@ -285,7 +285,7 @@ class GDPlusPlus(JittedPredictor):
 
 
 def gd_plus_plus(step_sizes, gammas, preconditioner=None) -> GDPlusPlus:
-    """Predictor of K steps of GD++; see :func:`gd_plus_plus_weights`."""
+    """Predictor of K steps of GD++; see [`gd_plus_plus_weights`][icl.predictors.gd_plus_plus_weights]."""
     return GDPlusPlus(step_sizes, gammas, preconditioner)
 
 
@@ -319,7 +319,7 @@ class Averaging(JittedPredictor):
 
 
 def averaging() -> Averaging:
-    """Predictor of Garg et al.'s averaging baseline; see :class:`Averaging`."""
+    """Predictor of Garg et al.'s averaging baseline; see [`Averaging`][icl.predictors.Averaging]."""
     return Averaging()
 
 
@@ -328,7 +328,7 @@ class LinearPredictor(JittedPredictor):
     """``y_hat = x_q^T weights_fn(x, y)`` for a plain function ``weights_fn(x, y) -> [batch, d]`` (static).
 
     It has no ``prefix``: running an arbitrary function on every prefix would need ``n`` separate calls (one
-    per length), so ``prefix`` raises ValueError; write a :class:`Predictor` subclass to provide one.
+    per length), so ``prefix`` raises ValueError; write a ``Predictor`` subclass to provide one.
     """
 
     weights_fn: Callable = static_field()

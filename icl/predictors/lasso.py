@@ -83,10 +83,10 @@ class Lasso(JittedPredictor):
 
 
 def lasso(lam, steps: int = 200, accelerated: bool = True) -> Lasso:
-    """LASSO predictor (FISTA by default); see :class:`Lasso`. ``lam`` finite ``>= 0``, ``steps >= 1``."""
+    """LASSO predictor (FISTA by default); see [`Lasso`][icl.predictors.Lasso]. ``lam`` finite ``>= 0``, ``steps >= 1``."""
     return Lasso(lam, steps, accelerated)
 
 
 def lasso_weights(x, y, lam, steps: int = 200, accelerated: bool = True):
-    """LASSO weights ``[batch, d]`` for a context ``x [batch, n, d]``, ``y [batch, n]``; see :class:`Lasso`."""
+    """LASSO weights ``[batch, d]`` for a context ``x [batch, n, d]``, ``y [batch, n]``; see [`Lasso`][icl.predictors.Lasso]."""
     return Lasso(lam, steps, accelerated).weights(x, y)

@@ -1,7 +1,7 @@
 """The exact Bayes predictor of a mixture of noise levels: a posterior-weighted mixture of ridges.
 
 For ``w ~ N(0, Omega)`` and a noise level ``sigma`` drawn per prompt from ``{sigma_1..sigma_K}`` with prior
-probabilities ``pi_k`` (:class:`~icl.tasks.mixture.NoiseMixtureTask`, Bai et al. 2023), the posterior over
+probabilities ``pi_k`` ([`NoiseMixtureTask`][icl.tasks.NoiseMixtureTask], Bai et al. 2023), the posterior over
 levels after a context ``D = (X, y)`` is
 
     p(k | D) = pi_k N(y; 0, X Omega X^T + sigma_k^2 I) / sum_j pi_j N(y; 0, X Omega X^T + sigma_j^2 I),
@@ -12,11 +12,11 @@ variance ``sum_k p_k v_k + sum_k p_k (m_k - mean)^2``. Nothing is approximated.
 
 Numerics. Each level's marginal likelihood is accumulated by the chain rule,
 ``log N(y; 0, C_k) = sum_i log N(y_i; m_ki, v_ki)`` with ``(m_ki, v_ki)`` the level's predictive of ``y_i``
-from the pairs before it: what :class:`~icl.predictors.BayesPredictive` ``.prefix`` gives, by the same QR
-updating (:func:`icl.predictors.qr.every_prefix` on ``X F``, ``F F^T = Omega``, at ``lam = sigma_k^2``). So the log-determinant and the quadratic form come out together, with no ``n x n`` matrix, no
+from the pairs before it: what [`BayesPredictive`][icl.predictors.BayesPredictive] ``.prefix`` gives, by the same QR
+updating (``icl.predictors.qr.every_prefix`` on ``X F``, ``F F^T = Omega``, at ``lam = sigma_k^2``). So the log-determinant and the quadratic form come out together, with no ``n x n`` matrix, no
 cancellation, and every prefix ``k = 1..n`` at the cost of one scan per level (``O(K n d^2)`` per prompt;
 memory ``O(K batch n)``: the levels run one at a time under ``lax.map``). The weights are a log-softmax
-shifted by the best level (log-sum-exp, as in :mod:`~icl.predictors.dmmse`), so they never overflow and
+shifted by the best level (log-sum-exp, as in ``dmmse``), so they never overflow and
 never NaN, even where a level's likelihood underflows.
 
 Tiny and zero levels. A level of 0 is allowed (Bai et al. mix noiseless prompts in). Its exact likelihood is
@@ -58,7 +58,7 @@ RESOLUTION = 1024.0  # the level floor, in units of eps(dtype) * y_scale (module
 def _shifted_log_softmax(score: jax.Array, axis: int = 0) -> jax.Array:
     """Normalised log-weights of ``score`` along ``axis``, shifted so that the best entry is exactly 0 first:
     ties at the top share the mass, entries at ``-inf`` get weight 0, and an all ``-inf`` column is uniform
-    rather than NaN (the rule of :mod:`~icl.predictors.dmmse`)."""
+    rather than NaN (the rule of ``dmmse``)."""
     top = jnp.max(score, axis=axis, keepdims=True)
     shifted = jnp.where(score == top, jnp.zeros((), score.dtype), score - top)
     return jax.nn.log_softmax(shifted, axis=axis)
@@ -71,7 +71,7 @@ def _gaussian_logpdf(y, mean, var):
 @pytree_dataclass
 class NoiseMixturePosteriorMean(Predictor):
     """Posterior mean of ``y_q`` under a discrete prior over noise levels; build it with
-    :func:`noise_mixture_posterior_mean` (module docstring for the formulas and the numerics).
+    [`noise_mixture_posterior_mean`][icl.predictors.noise_mixture_posterior_mean] (module docstring for the formulas and the numerics).
 
     Attributes (leaves; validated when concrete):
       levels: the noise standard deviations ``[K]``, finite and >= 0.
@@ -81,8 +81,8 @@ class NoiseMixturePosteriorMean(Predictor):
         ``sqrt(tr Omega + sum_k pi_k sigma_k^2)``, the value for ``x ~ N(0, I)``).
 
     ``p(prompts) -> [batch]``; ``p.prefix(prompts) -> [batch, n]`` (entry ``k - 1`` predicts ``y_k`` from the
-    first ``k - 1`` pairs; entry 0 is 0). :meth:`log_posterior`, :meth:`prefix_log_posterior`,
-    :meth:`mixture` and :meth:`prefix_mixture` expose the posterior over levels and the per-level predictives.
+    first ``k - 1`` pairs; entry 0 is 0). ``log_posterior``, ``prefix_log_posterior``,
+    ``mixture`` and ``prefix_mixture`` expose the posterior over levels and the per-level predictives.
     """
 
     levels: jax.Array
@@ -161,7 +161,7 @@ class NoiseMixturePredictive(NoiseMixturePosteriorMean):
 
     ``returns_variance = True``: ``p(prompts) -> (mean [batch], var [batch])`` and ``p.prefix(prompts) ->
     (mean [batch, n], var [batch, n])``, ``var = sum_k p_k (v_k + m_k^2) - mean^2`` (computed centred). The
-    exact predictive law is the Gaussian mixture of :meth:`mixture`, not a Gaussian of this variance.
+    exact predictive law is the Gaussian mixture of ``mixture``, not a Gaussian of this variance.
     """
 
     returns_variance = True
@@ -231,7 +231,7 @@ def _from_task(task, cls, what: str):
 
 
 def noise_mixture_posterior_mean(task) -> NoiseMixturePosteriorMean:
-    """The Bayes-optimal (posterior mean) predictor of a :class:`~icl.tasks.mixture.NoiseMixtureTask`.
+    """The Bayes-optimal (posterior mean) predictor of a [`NoiseMixtureTask`][icl.tasks.NoiseMixtureTask].
 
     ``y_hat = sum_k p(sigma_k | D) m_k`` with ``m_k`` the ridge prediction at ``lam = sigma_k^2 / psi^2`` and
     ``p(sigma_k | D) ~ pi_k N(y; 0, psi^2 X X^T + sigma_k^2 I)`` (module docstring). ``.prefix`` gives every
@@ -241,6 +241,6 @@ def noise_mixture_posterior_mean(task) -> NoiseMixturePosteriorMean:
 
 
 def noise_mixture_predictive(task) -> NoiseMixturePredictive:
-    """Mean-and-variance Bayes predictor of a ``NoiseMixtureTask`` (:class:`NoiseMixturePredictive`);
+    """Mean-and-variance Bayes predictor of a ``NoiseMixtureTask`` ([`NoiseMixturePredictive`][icl.predictors.NoiseMixturePredictive]);
     ``icl.bayes_predictive(task)`` returns it for such a task."""
     return _from_task(task, NoiseMixturePredictive, "noise_mixture_predictive")

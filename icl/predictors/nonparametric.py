@@ -69,7 +69,7 @@ class KNearestNeighbours(JittedPredictor):
 
 
 def knn(k: int = 3) -> KNearestNeighbours:
-    """Garg et al.'s k-nearest-neighbour baseline (``k`` an integer >= 1); see :class:`KNearestNeighbours`."""
+    """Garg et al.'s k-nearest-neighbour baseline (``k`` an integer >= 1); see [`KNearestNeighbours`][icl.predictors.KNearestNeighbours]."""
     return KNearestNeighbours(k)
 
 
@@ -104,5 +104,5 @@ class NadarayaWatson(JittedPredictor):
 
 
 def nadaraya_watson(bandwidth) -> NadarayaWatson:
-    """Nadaraya-Watson kernel regression with Gaussian bandwidth ``h > 0`` finite; see :class:`NadarayaWatson`."""
+    """Nadaraya-Watson kernel regression with Gaussian bandwidth ``h > 0`` finite; see [`NadarayaWatson`][icl.predictors.NadarayaWatson]."""
     return NadarayaWatson(bandwidth)

@@ -22,9 +22,9 @@ the whole batch, so each scan step is one fused elementwise rotation and nothing
 the forward solve ``t = R_a^{-T} u`` taken row by row in the same scans. The query of a full context is
 solved against the fitted factor, so its gradient never runs through the scans.
 
-:func:`fit` and :func:`every_prefix` take a batch (``x: [batch, n, d]``; the rotations run time-major over
-the whole batch); :func:`predict`, :func:`weights` and :func:`back_solve` work on one prompt and are
-``vmap``-ed by the callers. :func:`prior_root` (with :func:`cholesky`) gives the prior factor ``F``
+``fit`` and ``every_prefix`` take a batch (``x: [batch, n, d]``; the rotations run time-major over
+the whole batch); ``predict``, ``weights`` and ``back_solve`` work on one prompt and are
+``vmap``-ed by the callers. ``prior_root`` (with ``cholesky``) gives the prior factor ``F``
 (``F F^T = Omega``) that the Bayes predictors turn into ridge on ``X F``.
 """
 

@@ -1,13 +1,13 @@
 """Least squares, ridge and the Bayes posterior (mean and predictive variance), docs/theory.md §7.
 
-All by one stable recursion, QR updating with Givens rotations (:mod:`icl.predictors.qr`): no normal
+All by one stable recursion, QR updating with Givens rotations (``icl.predictors.qr``): no normal
 equations, the minimum-norm answer for rank-deficient contexts (``n < d``, duplicated rows), finite in
 float32, ``O(n d^2)`` per prompt for the whole context and for every prefix alike. The Gaussian posterior
 under ``w ~ N(0, Omega)``, ``y = X w + N(0, sigma^2)`` is ridge with ``lam = sigma^2`` after the change of
 variables ``w = F v``, ``F F^T = Omega`` (so ``sigma = 0`` is the minimum-``Omega^{-1}``-norm interpolant).
 
 Recursive least squares (Akyürek et al. 2023, Thm 2: Sherman-Morrison) stays available as
-:func:`recursive_least_squares_weights`; the library's ridge does not use it (it squares the condition
+[`recursive_least_squares_weights`][icl.predictors.recursive_least_squares_weights]; the library's ridge does not use it (it squares the condition
 number).
 """
 
@@ -113,7 +113,7 @@ def ridge_weights(x: jax.Array, y: jax.Array, lam) -> jax.Array:
 
 @pytree_dataclass
 class LeastSquares(Predictor):
-    """(Minimum-norm) least squares, ``y_hat = x_q^T X^+ y``; see :func:`least_squares_weights`.
+    """(Minimum-norm) least squares, ``y_hat = x_q^T X^+ y``; see [`least_squares_weights`][icl.predictors.least_squares_weights].
 
     ``prefix``: entry ``k - 1`` is ``x_k^T X_{k-1}^+ y_{k-1}`` (0 at ``k = 1``), one scan, ``O(n d^2)``.
     """
@@ -136,7 +136,7 @@ class LeastSquares(Predictor):
 
 
 def least_squares() -> LeastSquares:
-    """Predictor of minimum-norm least squares (a :class:`LeastSquares`)."""
+    """Predictor of minimum-norm least squares (a [`LeastSquares`][icl.predictors.LeastSquares])."""
     return LeastSquares()
 
 
@@ -169,7 +169,7 @@ class Ridge(Predictor):
 def ridge(lam) -> Ridge:
     """Predictor of ridge regression, ``lam`` finite and ``> 0`` (ValueError naming lam otherwise).
 
-    ``ridge(0)`` is refused (use :func:`least_squares`), and so is ``ridge(inf)``: its limit is the zero
+    ``ridge(0)`` is refused (use [`least_squares`][icl.predictors.least_squares]), and so is ``ridge(inf)``: its limit is the zero
     predictor, not the minimum-norm solution.
     """
     return Ridge(lam)
@@ -325,8 +325,8 @@ def bayes_posterior_mean(task) -> BayesPosteriorMean:
     """Bayes-optimal predictor for a Gaussian linear task (``task.w_cov``, ``task.noise_std``).
 
     With ``Omega = tau^2 I`` this is ridge at ``lam = sigma^2 / tau^2`` (docs/theory.md §7). For a
-    :class:`~icl.tasks.mixture.NoiseMixtureTask` (a noise level drawn per prompt) it is the posterior mixture of
-    ridges, :func:`icl.predictors.mixture.noise_mixture_posterior_mean`.
+    [`NoiseMixtureTask`][icl.tasks.NoiseMixtureTask] (a noise level drawn per prompt) it is the posterior mixture of
+    ridges, [`icl.predictors.mixture.noise_mixture_posterior_mean`][icl.predictors.noise_mixture_posterior_mean].
     """
     from icl.tasks.mixture import NoiseMixtureTask
 
@@ -338,8 +338,8 @@ def bayes_posterior_mean(task) -> BayesPosteriorMean:
 
 
 def bayes_predictive(task) -> BayesPredictive:
-    """Mean-and-variance Bayes predictor for a Gaussian linear task; see :class:`BayesPredictive`. For a
-    :class:`~icl.tasks.mixture.NoiseMixtureTask`: :func:`icl.predictors.mixture.noise_mixture_predictive`."""
+    """Mean-and-variance Bayes predictor for a Gaussian linear task; see [`BayesPredictive`][icl.predictors.BayesPredictive]. For a
+    [`NoiseMixtureTask`][icl.tasks.NoiseMixtureTask]: [`icl.predictors.mixture.noise_mixture_predictive`][icl.predictors.noise_mixture_predictive]."""
     from icl.tasks.mixture import NoiseMixtureTask
 
     if isinstance(task, NoiseMixtureTask):
@@ -364,7 +364,7 @@ def recursive_least_squares_weights(x: jax.Array, y: jax.Array, lam) -> jax.Arra
 
     ``A_0 = I / lam``, ``w_0 = 0``; for each pair: ``w <- w + (y - x^T w)/(1 + x^T A x) A x``,
     ``A <- A - A x x^T A / (1 + x^T A x)`` (docs/theory.md §7). After ``k`` pairs ``w_k`` equals ridge on the
-    first ``k``. Kept as Akyürek's algorithm; :func:`ridge_weights` uses the stabler QR route.
+    first ``k``. Kept as Akyürek's algorithm; [`ridge_weights`][icl.predictors.ridge_weights] uses the stabler QR route.
 
     Returns:
       ``[batch, n, d]``: entry ``k - 1`` holds the weights after the first ``k`` pairs (note: this is not the

@@ -1,10 +1,10 @@
 """Task distributions: synthetic in-context regression problems (docs/theory.md §1).
 
 A task is a frozen pytree dataclass validated when it is built, whose ``sample(key, batch, n, num_queries=None)``
-is a pure function of a PRNG key returning :class:`Prompts`. Families: :class:`LinearRegressionTask`
-(Gaussian), :class:`UniformLinearTask` (i.i.d. uniform inputs), :class:`SparseLinearTask` (s-sparse ``w``),
-:class:`ReluNetworkTask` and :class:`SingleIndexTask` (nonlinear targets). Each describes its law
-(:class:`GaussianLaw`, :class:`IIDLaw`, :class:`TargetLaw`) for :mod:`icl.theory`.
+is a pure function of a PRNG key returning [`Prompts`][icl.tasks.Prompts]. Families: [`LinearRegressionTask`][icl.tasks.LinearRegressionTask]
+(Gaussian), [`UniformLinearTask`][icl.tasks.UniformLinearTask] (i.i.d. uniform inputs), [`SparseLinearTask`][icl.tasks.SparseLinearTask] (s-sparse ``w``),
+[`ReluNetworkTask`][icl.tasks.ReluNetworkTask] and [`SingleIndexTask`][icl.tasks.SingleIndexTask] (nonlinear targets). Each describes its law
+([`GaussianLaw`][icl.tasks.GaussianLaw], [`IIDLaw`][icl.tasks.IIDLaw], [`TargetLaw`][icl.tasks.TargetLaw]) for [`icl.theory`][icl.theory].
 """
 
 from icl.tasks.base import (

@@ -1,11 +1,11 @@
-"""Prompts, the :class:`Task` base class, the laws theory dispatches on, and the shared checks.
+"""Prompts, the [`Task`][icl.tasks.Task] base class, the laws theory dispatches on, and the shared checks.
 
 A task is a frozen dataclass registered as a JAX pytree (``@pytree_dataclass``): its numeric parameters are
 leaves and its shapes (``d``, a sparsity, a width) static, so one compiled program serves every noise level.
 Validation runs once, in ``__post_init__`` when a user builds the task; rebuilding inside ``jit`` (unflatten)
 skips it. Every task has ``d``, ``noise_std``, ``sample(key, batch, n, num_queries=None)``,
 ``signal_variance()`` (noiseless ``E[y^2]``) and ``law()``, the description of its distribution that
-:mod:`icl.theory` dispatches on (docs/theory.md §1).
+[`icl.theory`][icl.theory] dispatches on (docs/theory.md §1).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _resolvable_condition() -> float:
 
 
 def covariance_factor(m: np.ndarray) -> np.ndarray:
-    """A factor ``F`` with ``F F^T = M`` for a checked covariance (:func:`check_spd`): Cholesky, or
+    """A factor ``F`` with ``F F^T = M`` for a checked covariance ([`check_spd`][icl.tasks.check_spd]): Cholesky, or
     ``U sqrt(Lambda)`` where Cholesky fails numerically (a matrix semidefinite to rounding)."""
     try:
         return np.linalg.cholesky(m)
@@ -138,9 +138,9 @@ def check_spd(name: str, matrix, d: int, warn: bool = True) -> np.ndarray:
 
     Raises ValueError naming ``name`` on a wrong shape, NaN/inf, asymmetry, a non-positive eigenvalue or a
     numerically singular matrix (smallest eigenvalue below ``d * eps64`` times the largest). Warns with
-    :class:`IllConditionedWarning` (naming ``name``) when the condition number exceeds ``1/sqrt(eps)`` of the
+    [`IllConditionedWarning`][icl.tasks.IllConditionedWarning] (naming ``name``) when the condition number exceeds ``1/sqrt(eps)`` of the
     active JAX float type (about 2.9e3 in float32, 6.7e7 in float64): sampling and the library's solvers lose
-    more than half their digits there. Closed forms in :mod:`icl.theory` are float64 and stay exact.
+    more than half their digits there. Closed forms in [`icl.theory`][icl.theory] are float64 and stay exact.
     """
     try:
         m = np.asarray(matrix, dtype=np.float64)
@@ -219,7 +219,7 @@ def check_prompt_shapes(prompts, *, who: str = "", d: int | None = None, query: 
 
 
 def check_prompts(prompts: Prompts) -> Prompts:
-    """Validate the shapes of a :class:`Prompts` and that its data are finite (outside ``jit``).
+    """Validate the shapes of a [`Prompts`][icl.tasks.Prompts] and that its data are finite (outside ``jit``).
 
     Raises ValueError naming the field: ``x`` must be ``[batch, n, d]``, ``y`` ``[batch, n]``,
     ``x_query`` ``[batch, d]`` (or ``[batch, Q, d]``), ``y_query`` ``[batch]`` (or ``[batch, Q]``), ``w``
@@ -330,7 +330,7 @@ class TargetLaw:
 
     ``A = E[y^2]``, ``B = E_f ||E_x[x f(x)]||^2``, ``C = E[y^2 ||x||^2]`` (noise included in ``A`` and ``C``).
     ``moments`` is ``None`` when the family has no closed form: theory then raises a ValueError naming
-    ``family`` and pointing to :func:`icl.theory.estimate_moments`.
+    ``family`` and pointing to [`icl.theory.estimate_moments`][icl.theory.estimate_moments].
     """
 
     d: int
@@ -366,7 +366,7 @@ class Task:
 
     Subclasses implement ``_check()`` (validation, called once by ``__post_init__``), ``_draw(key, batch, m)``
     returning ``(x [batch, m, d], y [batch, m], w [batch, d] | None)`` for ``m`` points sharing one task
-    draw (one PRNG call), ``signal_variance()`` and ``law()``. :meth:`sample` splits the ``m = n + Q``
+    draw (one PRNG call), ``signal_variance()`` and ``law()``. ``sample`` splits the ``m = n + Q``
     points into the context and the queries.
     """
 
@@ -398,7 +398,7 @@ class Task:
         raise NotImplementedError(f"{type(self).__name__} does not define signal_variance()")
 
     def x_second_moment(self) -> np.ndarray:
-        """``E[x x^T]`` as float64 numpy ``[d, d]`` (from :meth:`law`)."""
+        """``E[x x^T]`` as float64 numpy ``[d, d]`` (from ``law``)."""
         law = self.law()
         if isinstance(law, GaussianLaw):
             return np.array(law.x_cov)
@@ -409,7 +409,7 @@ class Task:
         raise ValueError(f"{type(self).__name__} does not describe its input law (law() gave {law!r})")
 
     def law(self):
-        """The task's law for :mod:`icl.theory` (``GaussianLaw``, ``IIDLaw``, ``TargetLaw``) or ``None``."""
+        """The task's law for [`icl.theory`][icl.theory] (``GaussianLaw``, ``IIDLaw``, ``TargetLaw``) or ``None``."""
         return
 
 

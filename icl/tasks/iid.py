@@ -24,8 +24,8 @@ class UniformLinearTask(Task):
 
     The setting of von Oswald et al. 2023 (their code: ``a = 0.5``, sigma = 0; docs/theory.md §5). One ``w``
     per prompt, shared by its context and queries. Scaling the inputs by ``alpha`` (their out-of-distribution
-    test) is the task with ``half_width = alpha * a``. Theory: :func:`icl.theory.optimal_step_size` and the
-    rest dispatch on its :class:`~icl.tasks.IIDLaw` (``s^2 = a^2/3``, ``m4 = a^4/5``).
+    test) is the task with ``half_width = alpha * a``. Theory: [`icl.theory.optimal_step_size`][icl.theory.optimal_step_size] and the
+    rest dispatch on its [`IIDLaw`][icl.tasks.IIDLaw] (``s^2 = a^2/3``, ``m4 = a^4/5``).
 
     Attributes:
       d: input dimension, >= 1.

@@ -36,10 +36,10 @@ class LinearRegressionTask(Task):
       x_cov: covariate covariance Sigma, ``[d, d]`` symmetric positive definite (default identity).
       w_cov: weight prior covariance Omega, ``[d, d]`` SPD (default identity).
 
-    Prefer the constructors :meth:`isotropic` and :meth:`from_eigenvalues`. A pytree (its arrays and
+    Prefer the constructors ``isotropic`` and ``from_eigenvalues``. A pytree (its arrays and
     ``noise_std`` are leaves, ``d`` is static): tasks pass through ``jit`` without recompiling per noise level.
     A covariance whose condition number the active float type cannot resolve warns with
-    :class:`~icl.tasks.IllConditionedWarning` naming it.
+    [`IllConditionedWarning`][icl.tasks.IllConditionedWarning] naming it.
     """
 
     d: int = static_field()

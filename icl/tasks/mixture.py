@@ -4,7 +4,7 @@ Each prompt draws its own label-noise level ``sigma`` from a finite set: a model
 only reach the Bayes risk by recognising, in context, how noisy the prompt is and choosing the ridge penalty
 that suits it (Bai, Chen, Wang, Xiong and Mei, "Transformers as statisticians", NeurIPS 2023: "noisy linear
 models with mixed noise levels"; their experiments mix ``sigma in {0, 0.1, 0.25, 0.5, 1}`` with
-``w ~ N(0, I/d)``). Its exact Bayes predictor is :func:`icl.predictors.mixture.noise_mixture_posterior_mean`.
+``w ~ N(0, I/d)``). Its exact Bayes predictor is [`icl.predictors.mixture.noise_mixture_posterior_mean`][icl.predictors.noise_mixture_posterior_mean].
 """
 
 from __future__ import annotations
@@ -87,13 +87,13 @@ class NoiseMixtureTask(Task):
 
     ``noise_std`` is the root mean noise variance ``sqrt(sum_k pi_k sigma_k^2)``: the label noise
     ``sigma eps`` is a scale mixture of Gaussians with that variance, so every second-moment closed form
-    (one-step GD, the class ``P(Gamma)``, K-step GD, :func:`icl.query_marginal_loss`) holds with it exactly,
-    and ``law()`` is the :class:`~icl.tasks.GaussianLaw` of those second moments. It is *not* the noise of a
+    (one-step GD, the class ``P(Gamma)``, K-step GD, [`icl.query_marginal_loss`][icl.evaluate.query_marginal_loss]) holds with it exactly,
+    and ``law()`` is the [`GaussianLaw`][icl.tasks.GaussianLaw] of those second moments. It is *not* the noise of a
     Gaussian model: the Bayes predictor is the posterior mixture of ridges
-    (:func:`icl.predictors.mixture.noise_mixture_posterior_mean`, which :func:`icl.bayes_posterior_mean`
+    ([`icl.predictors.mixture.noise_mixture_posterior_mean`][icl.predictors.noise_mixture_posterior_mean], which [`icl.bayes_posterior_mean`][icl.predictors.bayes_posterior_mean]
     returns for this task), not ridge at ``noise_std^2 / psi^2``. ``w_cov`` is ``psi^2 I``.
 
-    :meth:`sample_with_levels` also returns the component each prompt drew. A pytree: ``levels``,
+    ``sample_with_levels`` also returns the component each prompt drew. A pytree: ``levels``,
     ``weights``, ``psi`` and ``x_cov`` are leaves, ``d`` is static (``K`` is the leaves' shape).
     """
 

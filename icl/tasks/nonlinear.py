@@ -4,10 +4,10 @@ Each prompt draws a function ``f`` whose law is rotation invariant (``f o O`` ha
 orthogonal ``O``), then ``x_i ~ N(0, I_d)`` and ``y_i = f(x_i) + N(0, sigma^2)``. Both families return
 ``Prompts.w = E_x[x f(x)]``, the population least-squares weights of the prompt's ``f`` (Stein's lemma), and
 know their target moments ``A = E y^2``, ``B = E_f ||E_x[x f(x)]||^2``, ``C = E[y^2 ||x||^2]``
-(:meth:`exact_moments`), which :mod:`icl.theory` uses through :meth:`law`.
+(``exact_moments``), which [`icl.theory`][icl.theory] uses through ``law``.
 
-- :class:`ReluNetworkTask`: ``f(x) = v^T relu(W x) / sqrt(m)``, ``W_kj ~ N(0, 1/d)``, ``v ~ N(0, I_m)``.
-- :class:`SingleIndexTask`: ``f(x) = g(u^T x)`` with ``u ~ N(0, index_std^2 I_d)`` and a fixed link ``g``.
+- [`ReluNetworkTask`][icl.tasks.ReluNetworkTask]: ``f(x) = v^T relu(W x) / sqrt(m)``, ``W_kj ~ N(0, 1/d)``, ``v ~ N(0, I_m)``.
+- [`SingleIndexTask`][icl.tasks.SingleIndexTask]: ``f(x) = g(u^T x)`` with ``u ~ N(0, index_std^2 I_d)`` and a fixed link ``g``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from icl.tasks.base import TargetLaw, Task, default_dtype, check_non_negative, c
 __all__ = ["LINKS", "ReluNetworkTask", "SingleIndexTask"]
 
 LINKS = ("tanh", "relu", "cubic")
-"""Links of :class:`SingleIndexTask`: ``tanh(t)``, ``max(t, 0)`` and ``t^3``."""
+"""Links of [`SingleIndexTask`][icl.tasks.SingleIndexTask]: ``tanh(t)``, ``max(t, 0)`` and ``t^3``."""
 
 # E_{z ~ N(0,1)}[phi(z)] by the trapezoid rule on [-9, 9] (2001 nodes, step 0.009). For phi analytic in a
 # strip |Im z| < a its error is ~exp(-2 pi a / step); tanh'(r z) = sech^2(r z) has a = pi / (2r), so the rule
@@ -145,7 +145,7 @@ class SingleIndexTask(Task):
     because ``u`` is isotropic. ``Prompts.w`` holds ``E_x[x f(x)] = E_z[g'(||u|| z)] u`` (Stein's lemma).
 
     Attributes:
-      d: input dimension, >= 1. link: one of :data:`LINKS` (static). index_std: > 0. noise_std: sigma >= 0.
+      d: input dimension, >= 1. link: one of ``LINKS`` (static). index_std: > 0. noise_std: sigma >= 0.
     """
 
     d: int = static_field()

@@ -2,8 +2,8 @@
 
 Raventós et al. pretrain on prompts whose task vector is one of ``M`` vectors ``w_1, ..., w_M`` drawn once
 from the prior; with few tasks the model memorises the pool (it behaves like the discrete MMSE estimator
-:func:`icl.dmmse`), past a threshold of ``M`` it behaves like ridge and solves unseen tasks
-(docs/theory.md §12). :class:`FiniteTaskPool` is that training distribution; the task it was drawn from
+[`icl.dmmse`][icl.predictors.dmmse.dmmse]), past a threshold of ``M`` it behaves like ridge and solves unseen tasks
+(docs/theory.md §12). [`FiniteTaskPool`][icl.tasks.FiniteTaskPool] is that training distribution; the task it was drawn from
 (``pool.task``) gives the fresh tasks.
 """
 
@@ -89,7 +89,7 @@ class FiniteTaskPool(Task):
     def _draw(self, key, batch: int, m: int):
         """``m`` points per prompt from one pool member chosen uniformly: ``(x [b, m, d], y [b, m], w [b, d])``.
 
-        :meth:`Task.sample` splits them into the context and the queries (``num_queries`` supported).
+        [`Task.sample`][icl.tasks.Task.sample] splits them into the context and the queries (``num_queries`` supported).
         """
         return FiniteTaskPool.draw_points(self.task, self.weights, key, batch, m)
 

@@ -19,7 +19,7 @@ class SparseLinearTask(Task):
     ``y = w^T x + N(0, sigma^2)``; one ``w`` per prompt (Garg et al. 2022's sparse task, ``s = 3``). Its
     noiseless ``E[y^2] = s`` (Garg normalise errors by it). ``E[w w^T] = (s/d) I``, so the closed forms for
     predictors linear in ``y`` (one-step GD, ``P(Gamma)``, K-step GD) are those of the Gaussian task with
-    ``Omega = (s/d) I`` (:class:`~icl.tasks.GaussianLaw` with ``w_gaussian=False``); LASSO and the Bayes
+    ``Omega = (s/d) I`` ([`GaussianLaw`][icl.tasks.GaussianLaw] with ``w_gaussian=False``); LASSO and the Bayes
     predictor for a sparse prior are not covered by them.
 
     Attributes:

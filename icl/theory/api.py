@@ -7,7 +7,7 @@ moments: ``S = E[x x^T]``, ``G = E[h (y_q x_q)^T]``, ``H = E[h h^T]`` and ``A = 
     R(eta I) = A - 2 eta tr G + eta^2 tr(S H),               eta* = tr G / tr(S H)
 
 (docs/theory.md §3; Gaussian: ``G = Sigma Omega Sigma``; §5 i.i.d. coordinates; §4 rotation-invariant targets).
-Everything reported is computed in float64 numpy whatever the JAX precision; :func:`differentiable_risk` is the
+Everything reported is computed in float64 numpy whatever the JAX precision; [`differentiable_risk`][icl.theory.differentiable_risk] is the
 ``jax.numpy`` version for gradient flow and training on the exact loss.
 """
 
@@ -37,7 +37,7 @@ LAWS = (GaussianLaw, IIDLaw, TargetLaw)
 
 
 def law_of(task):
-    """The law theory uses for ``task``: a task's ``law()``, a law itself, or :class:`TargetMoments` estimates.
+    """The law theory uses for ``task``: a task's ``law()``, a law itself, or [`TargetMoments`][icl.theory.TargetMoments] estimates.
 
     Raises ValueError naming the family when it has no closed form here.
     """
@@ -104,7 +104,7 @@ def risk(gamma, task, n: int):
 
 
 def differentiable_risk(gamma, task, n: int):
-    """:func:`risk` in ``jax.numpy`` (differentiable in ``gamma``, in ``gamma``'s dtype), for gradient flow.
+    """[`risk`][icl.theory.risk] in ``jax.numpy`` (differentiable in ``gamma``, in ``gamma``'s dtype), for gradient flow.
 
     The moments are float64 constants cast to ``gamma``'s dtype; in float32 the result carries the round-off of
     the sum of the magnitudes of its three terms (about ``1e-7 (A + 2|tr(Gamma G)| + tr(S Gamma H Gamma^T))``).

@@ -6,13 +6,13 @@ arXiv:2405.11751; docs/theory.md §15. Scaling: inputs ``x ~ N(0, I_d / d)``, pr
 
 **Reduced model.** One linear-attention layer reduces to ``y_hat = <Gamma, x_q (x) v>`` with the context summary
 ``v = [h; s]``, ``h = (d/l) sum_i y_i x_i`` and ``s = (1/l) sum_i y_i^2``; ``Gamma`` is ``d x (d + 1)``, so the
-feature of a prompt is ``x_q v^T`` flattened row-major (:func:`reduced_features`) and ``Gamma`` is a ridge(less)
-regression on ``d (d + 1)`` features (:func:`fit_reduced_gamma`; the authors' penalty ``(n/d) lam ||Gamma||_F^2``).
+feature of a prompt is ``x_q v^T`` flattened row-major ([`reduced_features`][icl.theory.reduced_features]) and ``Gamma`` is a ridge(less)
+regression on ``d (d + 1)`` features ([`fit_reduced_gamma`][icl.theory.fit_reduced_gamma]; the authors' penalty ``(n/d) lam ||Gamma||_F^2``).
 
 **Result 1 (ridgeless).** With ``x* = (1 + rho)/alpha``, the Wishart Stieltjes transform
-``M_kappa(x) = 2 / (x + 1 - 1/kappa + sqrt((x + 1 - 1/kappa)^2 + 4 x / kappa))`` (:func:`wishart_stieltjes`),
+``M_kappa(x) = 2 / (x + 1 - 1/kappa + sqrt((x + 1 - 1/kappa)^2 + 4 x / kappa))`` ([`wishart_stieltjes`][icl.theory.wishart_stieltjes]),
 ``m* = M_kappa(x*)`` and ``mu* = x* M_{kappa/tau}(x*)``, the ICL test error (fresh test tasks ``w ~ N(0, I_d)``)
-converges to :func:`asymptotic_icl_error`, with one branch for ``tau < 1`` and one for ``tau > 1``; it diverges at
+converges to [`asymptotic_icl_error`][icl.theory.asymptotic_icl_error], with one branch for ``tau < 1`` and one for ``tau > 1``; it diverges at
 the interpolation threshold ``tau = 1`` (double descent). alpha = 1, rho = 0.01, tau = 4: 0.6833 at kappa = inf,
 0.9476 at kappa = 0.5. The ridge-regularised (``lam > 0``) limit is not implemented: the stored copies of the paper
 could be read only at their opening and the authors' public code implements only the ridgeless formula, so no
@@ -24,7 +24,7 @@ could be read only at their opening and the authors' public code implements only
     e(Gamma) = 1 + rho - (2/d) tr G + (c_h/d) ||G||_F^2 + (c_s/d) ||g||^2,
     c_h = 1 + (1 + d (1 + rho))/l,    c_s = (1 + 2/l) ((1 + rho)^2 + 2/d)   (w ~ N(0, I_d); 2/d -> 0 for |w| = sqrt d)
 
-(:func:`reduced_test_error`; Monte Carlo: :func:`reduced_test_error_mc`).
+([`reduced_test_error`][icl.theory.reduced_test_error]; Monte Carlo: [`reduced_test_error_mc`][icl.theory.reduced_test_error_mc]).
 
 Reported closed forms are float64 numpy. The simulations run in JAX's active precision; the fit solves normal
 equations (the condition number of the feature matrix squared). Away from the threshold that is benign (cond ~ 4 at
@@ -112,7 +112,7 @@ def wishart_stieltjes(x, kappa):
 def asymptotic_icl_error(alpha, kappa, tau, rho):
     """Ridgeless ICL test error of the reduced linear-attention model as ``d -> inf`` (Lu et al. 2025, Result 1).
 
-    ``x* = (1 + rho)/alpha``, ``m* = M_kappa(x*)``, ``mu* = x* M_{kappa/tau}(x*)`` (:func:`wishart_stieltjes`):
+    ``x* = (1 + rho)/alpha``, ``m* = M_kappa(x*)``, ``mu* = x* M_{kappa/tau}(x*)`` ([`wishart_stieltjes`][icl.theory.wishart_stieltjes]):
 
     - ``tau < 1``: ``e = tau (1 + x*)/(1 - tau) [1 - tau (1 - mu*)^2 - (x* - rho)/x* mu*] - 2 tau (1 - mu*) + rho + 1``;
     - ``tau > 1``: with ``k* = 1 / (1 - kappa (m*/(kappa + m*))^2)`` (1 at kappa = inf),
@@ -275,9 +275,9 @@ def _check_lam(lam) -> float:
 
 
 def pretraining_features(key, d: int, alpha, kappa, tau, rho, *, chunk: int = 1024) -> tuple[jax.Array, jax.Array]:
-    """The pretraining set :func:`fit_reduced_gamma` fits for the same ``key`` and ``chunk``, materialised.
+    """The pretraining set [`fit_reduced_gamma`][icl.theory.fit_reduced_gamma] fits for the same ``key`` and ``chunk``, materialised.
 
-    Returns ``(features [n, d (d + 1)], query targets [n])`` (:func:`reduced_features` of each prompt) in JAX's
+    Returns ``(features [n, d (d + 1)], query targets [n])`` ([`reduced_features`][icl.theory.reduced_features] of each prompt) in JAX's
     active precision. Memory ``O(n d^2)``: for inspection and tests at small ``d``.
     """
     l, k, n = pretraining_sizes(d, alpha, kappa, tau)
@@ -307,14 +307,14 @@ def fit_reduced_gamma(key, d: int, alpha, kappa, tau, rho, lam=0.0, *, chunk: in
     inf: a fresh task for every prompt); each of the ``n = round(tau d^2)`` prompts takes a pool task uniformly at
     random, ``l + 1 = round(alpha d) + 1`` inputs ``x ~ N(0, I_d/d)`` (the last is the query) and targets
     ``y = w^T x + N(0, rho)``. ``Gamma`` minimises ``sum_prompts (y_q - <Gamma, feature>)^2 + (n/d) lam ||Gamma||_F^2``
-    (the authors' normalisation of the ridge), solved exactly as :func:`solve_reduced_gamma` does (minimum norm at
+    (the authors' normalisation of the ridge), solved exactly as [`solve_reduced_gamma`][icl.theory.solve_reduced_gamma] does (minimum norm at
     ``lam = 0`` when ``n < p = d(d+1)``). The interpolation threshold is ``n = p`` (tau = 1 + 1/d); near it the
     systems are ill conditioned and ``lam > 0`` is advised.
 
     Runs in JAX's active precision (float64 near the threshold: see the module docstring). For ``n >= p`` the normal
     equations are accumulated over chunks of ``chunk`` prompts, so memory stays ``O(p^2 + chunk l d)``; the data are
-    those of :func:`pretraining_features` for the same ``key`` and ``chunk``. Jitted per (d, l, k, n); ``jax.vmap`` over
-    ``key`` fits several pretraining sets at once (:func:`simulate_icl_error`).
+    those of [`pretraining_features`][icl.theory.pretraining_features] for the same ``key`` and ``chunk``. Jitted per (d, l, k, n); ``jax.vmap`` over
+    ``key`` fits several pretraining sets at once ([`simulate_icl_error`][icl.theory.simulate_icl_error]).
     """
     l, k, n = pretraining_sizes(d, alpha, kappa, tau)
     rho, lam = _check_rho(rho), _check_lam(lam)
@@ -379,7 +379,7 @@ def _mc_sums(key, gamma, rho, sphere, *, d: int, l: int, batch: int, num_batches
 
 def reduced_test_error_mc(key, gamma, d: int, alpha, rho, *, num_prompts: int = 2**16, batch: int = 4096,
                           task: str = "gaussian") -> tuple[float, float]:
-    """Monte Carlo of :func:`reduced_test_error`: ``(mean, standard error)`` of the squared error on fresh prompts.
+    """Monte Carlo of [`reduced_test_error`][icl.theory.reduced_test_error]: ``(mean, standard error)`` of the squared error on fresh prompts.
 
     Each prompt draws a task (``w ~ N(0, I_d)``, or ``|w| = sqrt(d)`` for ``task="sphere"``), ``l + 1`` inputs
     ``x ~ N(0, I_d/d)`` and noise ``N(0, rho)``; ``num_prompts`` is rounded up to a multiple of ``batch``. Runs in
@@ -405,9 +405,9 @@ def reduced_test_error_mc(key, gamma, d: int, alpha, rho, *, num_prompts: int = 
 
 def simulate_icl_error(key, d: int, alpha, kappa, tau, rho, lam=0.0, *, num_draws: int = 4, vmap_size: int = 1,
                        task: str = "gaussian", chunk: int = 1024) -> tuple[float, float, np.ndarray]:
-    """Finite-``d`` counterpart of :func:`asymptotic_icl_error`: fit ``num_draws`` pretraining sets, score each.
+    """Finite-``d`` counterpart of [`asymptotic_icl_error`][icl.theory.asymptotic_icl_error]: fit ``num_draws`` pretraining sets, score each.
 
-    Each draw fits :func:`fit_reduced_gamma` on its own key and is scored exactly by :func:`reduced_test_error`
+    Each draw fits [`fit_reduced_gamma`][icl.theory.fit_reduced_gamma] on its own key and is scored exactly by [`reduced_test_error`][icl.theory.reduced_test_error]
     (no test-set noise). Draws run ``vmap_size`` at a time under ``jax.vmap`` (``jax.lax.map`` with that batch size;
     memory grows with it: ~``8 p^2`` bytes a draw in float64, p = d(d+1)). Returns ``(mean, standard error over
     draws, errors [num_draws])`` in float64 (SE is nan for one draw).

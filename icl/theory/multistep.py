@@ -10,17 +10,17 @@ and ``S = Z^T Z / n`` (``Z`` an ``n x d`` standard Gaussian matrix), K steps
 
     R = tr(Sigma Omega)/d * E tr p(S)^2 + sigma^2/n * E tr(q(S)^2 S) + sigma^2,
 
-linear in the Wishart trace moments ``m_j = E tr(S^j)`` (:func:`wishart_trace_moments`, exact integers from
+linear in the Wishart trace moments ``m_j = E tr(S^j)`` ([`wishart_trace_moments`][icl.theory.wishart_trace_moments], exact integers from
 Stein's identity). It needs Gaussian inputs and depends on ``w`` only through ``Omega = E[w w^T]``. ``R`` is
 quadratic in the coefficients of ``p`` (``p(0) = 1``), so the optimal K-step GD is one ``K x K`` solve; its steps
 are the reciprocal roots of the optimal ``p``. Ahn et al.'s setting (d = 5, n = 20, noiseless,
 Omega = Sigma^{-1}, K = 3): {0.4224, 0.6891, 1.7142}, R/d = 0.02672 (trained: {0.420, 0.686, 1.709}, ~0.0270).
 
 **GD++** (von Oswald et al. 2023, section 4) also maps the inputs, ``x <- (I - gamma S P) x``, before each step;
-with ``P = Sigma^{-1}`` everything is again a polynomial in ``S`` (:func:`gd_plus_plus_polynomial`).
+with ``P = Sigma^{-1}`` everything is again a polynomial in ``S`` ([`gd_plus_plus_polynomial`][icl.theory.gd_plus_plus_polynomial]).
 
-Reported numbers (:func:`multistep_gd_risk`, :func:`gd_plus_plus_risk`, the optima) are float64 numpy;
-:func:`polynomial_risk` is the differentiable ``jax.numpy`` version used to tune GD++.
+Reported numbers ([`multistep_gd_risk`][icl.theory.multistep_gd_risk], [`gd_plus_plus_risk`][icl.theory.gd_plus_plus_risk], the optima) are float64 numpy;
+[`polynomial_risk`][icl.theory.polynomial_risk] is the differentiable ``jax.numpy`` version used to tune GD++.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def polynomial_risk(coeffs, task, n: int) -> jax.Array:
     ``R = tr(Sigma Omega)/d * sum_j (p^2)_j m_j + sigma^2/n * sum_j (q^2 lam)_j m_j + sigma^2`` with
     ``q = (1 - p)/lam`` and ``m_j = E tr(S^j)`` (docs/theory.md §6). Holds for predictors preconditioned by
     ``Sigma^{-1}`` (identity when Sigma = I): K-step GD and GD++. ``coeffs``: ``[D + 1]``, lowest degree first,
-    ``coeffs[0] = 1``. Differentiable in ``coeffs``, in their dtype (reported numbers: :func:`multistep_gd_risk`).
+    ``coeffs[0] = 1``. Differentiable in ``coeffs``, in their dtype (reported numbers: [`multistep_gd_risk`][icl.theory.multistep_gd_risk]).
     """
     coeffs = jnp.asarray(coeffs)
     n = check_positive_int("n", n)
@@ -163,7 +163,7 @@ def polynomial_risk(coeffs, task, n: int) -> jax.Array:
 
 
 def _risk_np(coeffs: np.ndarray, law: GaussianLaw, n: int) -> np.ndarray:
-    """:func:`polynomial_risk` in float64 numpy for ``coeffs: [..., D + 1]`` (a Hankel quadratic form)."""
+    """[`polynomial_risk`][icl.theory.polynomial_risk] in float64 numpy for ``coeffs: [..., D + 1]`` (a Hankel quadratic form)."""
     a, b, noise2 = _constants(law, n)
     degree = coeffs.shape[-1] - 1
     m = wishart_trace_moments(n, law.d, 2 * degree)
@@ -186,7 +186,7 @@ def multistep_gd_risk(step_sizes, task, n: int):
     """Exact population MSE of K steps of GD preconditioned by ``Sigma^{-1}`` from ``w_0 = 0`` (docs/theory.md §6).
 
     ``w_{k+1} = w_k - eta_k Sigma^{-1} X^T (X w_k - y)/n`` (Ahn et al. 2023, eq. (8) with ``A_k = eta_k
-    Sigma^{-1}``); for ``Sigma = I`` plain GD. K = 1 is :func:`icl.theory.risk` at ``Gamma = eta Sigma^{-1}``.
+    Sigma^{-1}``); for ``Sigma = I`` plain GD. K = 1 is [`icl.theory.risk`][icl.theory.risk] at ``Gamma = eta Sigma^{-1}``.
     ``step_sizes``: ``[..., K]`` (leading axes evaluated together). Float64 (a float for one schedule).
     """
     n = check_positive_int("n", n)
@@ -202,7 +202,7 @@ def multistep_gd_risk(step_sizes, task, n: int):
 def gd_plus_plus_risk(step_sizes, gammas, task, n: int) -> float:
     """Exact population MSE of K steps of GD++ preconditioned by ``Sigma^{-1}`` (docs/theory.md §6), float64.
 
-    ``step_sizes``: ``[K]``; ``gammas``: ``[K - 1]`` input-map rates (see :func:`gd_plus_plus_polynomial`).
+    ``step_sizes``: ``[K]``; ``gammas``: ``[K - 1]`` input-map rates (see [`gd_plus_plus_polynomial`][icl.theory.gd_plus_plus_polynomial]).
     """
     n = check_positive_int("n", n)
     law = _gaussian_law(task, "gd_plus_plus_risk")
@@ -240,7 +240,7 @@ def optimal_multistep_step_sizes(task, n: int, num_steps: int) -> tuple[np.ndarr
 
 def optimal_gd_plus_plus(task, n: int, num_steps: int, iterations: int = 300,
                          gamma_starts=(0.0, 0.2, 0.5)) -> tuple[np.ndarray, np.ndarray, float]:
-    """Tune GD++'s K step sizes and K - 1 input-map rates on its exact risk (:func:`gd_plus_plus_risk`).
+    """Tune GD++'s K step sizes and K - 1 input-map rates on its exact risk ([`gd_plus_plus_risk`][icl.theory.gd_plus_plus_risk]).
 
     Deterministic: L-BFGS (Optax, zoom line search) in float64 from the optimal GD step sizes with every
     ``gamma_l`` set to each value of ``gamma_starts`` (``0`` starts at GD, so the result is never worse than

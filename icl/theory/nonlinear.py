@@ -9,7 +9,7 @@ one GD step ``Gamma* = eta I`` with
 
 For ``f(x) = w^T x`` with ``w ~ N(0, I)``: ``B = d``, ``C = d (d + 2 + sigma^2)``, which gives back
 ``n / (n + d + 1 + sigma^2)``. Tasks give exact moments through ``law()``; any other task's moments are
-estimated by :func:`estimate_moments` (unbiased, with standard errors), whose :class:`TargetMoments` the one
+estimated by [`estimate_moments`][icl.theory.estimate_moments] (unbiased, with standard errors), whose [`TargetMoments`][icl.theory.TargetMoments] the one
 API accepts in place of a task: ``icl.optimal_step_size(moments, n)``.
 """
 
@@ -39,9 +39,9 @@ def target_moments(law: TargetLaw, n: int):
 class TargetMoments:
     """Monte Carlo estimates of ``A = E y^2``, ``B = E_f ||E_x[x y]||^2``, ``C = E[y^2 ||x||^2]``.
 
-    Accepted by the one API in place of a task (``icl.optimal_step_size(moments, n)``, ``icl.optimal_risk``,
-    ``icl.one_step_risk``, ``icl.optimal_gamma``), which uses the point estimates; :meth:`optimal_step_size`
-    and :meth:`optimal_risk` also give delta-method standard errors.
+    Accepted by the one API in place of a task (``icl.optimal_step_size(moments, n)``, [`icl.optimal_risk`][icl.theory.optimal_risk],
+    [`icl.one_step_risk`][icl.theory.one_step_risk], [`icl.optimal_gamma`][icl.theory.optimal_gamma]), which uses the point estimates; ``optimal_step_size``
+    and ``optimal_risk`` also give delta-method standard errors.
 
     Attributes:
       a, b, c: the estimates; a_se, b_se, c_se: their standard errors.
@@ -62,7 +62,7 @@ class TargetMoments:
     d: int | None = None
 
     def law(self) -> TargetLaw:
-        """The :class:`~icl.tasks.TargetLaw` with these point estimates."""
+        """The [`TargetLaw`][icl.tasks.TargetLaw] with these point estimates."""
         if self.d is None:
             raise ValueError("d is None: build TargetMoments with d (estimate_moments sets it) to use the one API")
         return TargetLaw(self.d, self.a, max(self.b, 0.0), self.c, family="TargetMoments")
@@ -155,9 +155,9 @@ def _moment_sums(task, static_task, keys, chunk, points):
 def linear_part_norm2(task, key: jax.Array, num_functions: int = 50_000, chunk_size: int = 5000):
     """``B`` by Stein's lemma: mean and SE of ``||Prompts.w||^2`` over ``num_functions`` draws of ``f``.
 
-    For :class:`~icl.tasks.ReluNetworkTask` and :class:`~icl.tasks.SingleIndexTask`, ``Prompts.w = E_x[x f(x)]``
+    For [`ReluNetworkTask`][icl.tasks.ReluNetworkTask] and [`SingleIndexTask`][icl.tasks.SingleIndexTask], ``Prompts.w = E_x[x f(x)]``
     exactly, so this estimates ``B = E_f ||E_x[x f(x)]||^2`` without the inner Monte Carlo over ``x`` (lower
-    variance than :func:`estimate_moments`; a cross-check of it). Returns ``(mean, se)``.
+    variance than [`estimate_moments`][icl.theory.estimate_moments]; a cross-check of it). Returns ``(mean, se)``.
     """
     check_positive_int("num_functions", num_functions)
     chunk = min(check_positive_int("chunk_size", chunk_size), num_functions)

@@ -5,7 +5,7 @@ parametrisation only ``c = W^PV_22`` (last row of ``W^PV`` is ``[b^T, c]``) and 
 ``W^KQ`` are ``[A; a^T]``) move: ``b = a = 0`` at their initialisation and the flow keeps them there (their
 gradients at ``b = a = 0`` are odd under ``w -> -w`` and vanish in expectation). The prediction is then
 ``y_hat = x_q^T (c A^T) h`` (docs/theory.md §2, ``Gamma_eff = c A^T``), whose population MSE is the closed form
-:func:`icl.theory.risk`: the flow is an ODE in ``d^2 + 1`` numbers.
+[`icl.theory.risk`][icl.theory.risk]: the flow is an ODE in ``d^2 + 1`` numbers.
 
 **The conserved quantity.** With ``L(c, A) = R(c A^T)`` and ``G = dR/dGamma``: ``dL/dc = <G, A^T>`` and
 ``dL/dA = c G^T``, so ``d(c^2)/dt = -2c <G, A^T> = d(||A||_F^2)/dt``: **``Q = c^2 - ||A||_F^2`` is conserved**
@@ -46,7 +46,7 @@ def population_loss(c, a_mat, task, n: int) -> jax.Array:
 
     ``c``: ``W^PV_22`` (scalar or ``[...]``), ``a_mat``: ``W^KQ_11`` (``[..., d, d]``). ``jax.numpy``,
     differentiable, in the parameters' dtype (float32 carries ~1e-7 of the sum of the loss's term magnitudes;
-    see :func:`icl.theory.differentiable_risk`).
+    see [`icl.theory.differentiable_risk`][icl.theory.differentiable_risk]).
     """
     c = jnp.asarray(c)
     a_mat = jnp.asarray(a_mat)
@@ -54,7 +54,7 @@ def population_loss(c, a_mat, task, n: int) -> jax.Array:
 
 
 def conserved_quantity(c, a_mat) -> jax.Array:
-    """``Q = c^2 - ||A||_F^2``, constant along the gradient flow of :func:`population_loss` (module docstring)."""
+    """``Q = c^2 - ||A||_F^2``, constant along the gradient flow of [`population_loss`][icl.theory.population_loss] (module docstring)."""
     a_mat = jnp.asarray(a_mat)
     return jnp.asarray(c) ** 2 - jnp.sum(a_mat**2, axis=(-2, -1))
 
@@ -107,7 +107,7 @@ def flow_time_scales(task, n: int, c_star: float, a_star) -> tuple[float, float]
 
 @dataclass(frozen=True)
 class PopulationFlow:
-    """Result of :func:`train_population` (numpy, float64).
+    """Result of [`train_population`][icl.theory.train_population] (numpy, float64).
 
     Attributes:
       c: final ``W^PV_22`` (``[]`` or ``[runs]``); a_mat: final ``W^KQ_11`` (``[d, d]`` or ``[runs, d, d]``).
@@ -132,7 +132,7 @@ class PopulationFlow:
 
 def train_population(task, n: int, c0, a0, flow_time: float | None = None, dt: float | None = None,
                      method: str = "rk4", records: int = 200) -> PopulationFlow:
-    """Gradient flow ``d(c, A)/dt = -grad L`` on the exact population loss :func:`population_loss`.
+    """Gradient flow ``d(c, A)/dt = -grad L`` on the exact population loss [`population_loss`][icl.theory.population_loss].
 
     No prompts are sampled; the flow is integrated in float64 under ``jit`` + ``lax.scan`` (classical RK4 by
     default, or ``"euler"``, i.e. plain gradient descent with learning rate ``dt``). RK4 keeps the conserved
@@ -142,12 +142,12 @@ def train_population(task, n: int, c0, a0, flow_time: float | None = None, dt: f
       task: a task (or law) with a closed form; n: prompt length.
       c0: initial ``W^PV_22``, scalar or ``[runs]``; a0: initial ``W^KQ_11``, ``[d, d]`` or ``[runs, d, d]``
         (runs are integrated side by side under ``vmap``).
-      flow_time: total flow time (default: 40 over the slowest rate of :func:`flow_time_scales` plus the escape
+      flow_time: total flow time (default: 40 over the slowest rate of [`flow_time_scales`][icl.theory.flow_time_scales] plus the escape
         time from a small start, ``2 log(1 + 1/|c0|)`` over the same rate).
       dt: step (default: 0.5 over the fastest rate, well inside RK4's stability region).
       method: ``"rk4"`` or ``"euler"``. records: trajectory points kept after ``t = 0`` (evenly spaced in steps).
     Returns:
-      :class:`PopulationFlow`.
+      [`PopulationFlow`][icl.theory.PopulationFlow].
     """
     n = check_positive_int("n", n)
     records = check_positive_int("records", records)

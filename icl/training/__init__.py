@@ -1,11 +1,11 @@
 """Training models on in-context tasks with Optax: one engine (jit + scan over steps + vmap over runs).
 
-- :mod:`icl.training.config`: :class:`TrainConfig`, :class:`Curriculum`, :func:`make_optimizer`;
-- :mod:`icl.training.losses`: the losses of ``TrainConfig.loss`` (:func:`training_loss`, :func:`gaussian_nll`);
-- :mod:`icl.training.engine`: :func:`run_engine` (the engine), :func:`train`, :class:`TrainResult`;
-- :mod:`icl.training.diagnostics`: :func:`convergence_report` (is the loss still falling? do the seeds agree?).
+- ``icl.training.config``: [`TrainConfig`][icl.training.TrainConfig], [`Curriculum`][icl.training.Curriculum], [`make_optimizer`][icl.training.make_optimizer];
+- ``icl.training.losses``: the losses of ``TrainConfig.loss`` ([`training_loss`][icl.training.training_loss], [`gaussian_nll`][icl.training.gaussian_nll]);
+- ``icl.training.engine``: [`run_engine`][icl.training.run_engine] (the engine), [`train`][icl.training.train], [`TrainResult`][icl.training.TrainResult];
+- ``icl.training.diagnostics``: [`convergence_report`][icl.training.convergence_report] (is the loss still falling? do the seeds agree?).
 
-Grids over the same engine: :func:`icl.sweeps.sweep`; checkpoints: :mod:`icl.checkpoint`.
+Grids over the same engine: [`icl.sweeps.sweep`][icl.sweeps.sweep]; checkpoints: [`icl.checkpoint`][icl.checkpoint].
 """
 
 from icl.training.config import LOSSES, Curriculum, TrainConfig, make_optimizer

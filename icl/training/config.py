@@ -1,4 +1,4 @@
-"""The training configuration: :class:`TrainConfig`, :class:`Curriculum` and the optimiser they describe."""
+"""The training configuration: [`TrainConfig`][icl.training.TrainConfig], [`Curriculum`][icl.training.Curriculum] and the optimiser they describe."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from icl.tasks.base import check_int, check_non_negative, check_positive
 __all__ = ["TrainConfig", "Curriculum", "make_optimizer", "check_int", "LOSSES", "PREFIX_LOSSES", "NLL_LOSSES"]
 
 LOSSES = ("query", "every_prefix", "nll", "beta_nll", "every_prefix_nll", "every_prefix_beta_nll")
+"""The training losses ``TrainConfig.loss`` accepts: the query's squared error, Garg et al.'s every-prefix squared
+error, and the Gaussian (beta-)NLL of mean-and-variance models at the query or at every prefix."""
 PREFIX_LOSSES = ("every_prefix", "every_prefix_nll", "every_prefix_beta_nll")
 NLL_LOSSES = ("nll", "beta_nll", "every_prefix_nll", "every_prefix_beta_nll")
 
@@ -56,7 +58,7 @@ class Curriculum:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of :func:`icl.train`.
+    """Hyper-parameters of [`icl.train`][icl.training.train].
 
     Attributes:
       steps: optimiser steps (>= 1); batch: prompts per step (>= 1); n: context length (>= 1).
@@ -64,10 +66,10 @@ class TrainConfig:
         0) or ``"constant"``. warmup: linear warm-up steps (>= 0, < steps). optimizer: ``"adam"`` or ``"sgd"``.
       num_seeds: independent runs trained at once under vmap (>= 1). seed: base seed (an integer).
       progress_every: print progress to stderr every this many steps (0: silent).
-      loss: one of :data:`LOSSES` (see :mod:`icl.training.losses`); ``"query"`` by default.
+      loss: one of ``LOSSES`` (see ``icl.training.losses``); ``"query"`` by default.
       nll_beta: the beta of ``"beta_nll"`` (>= 0; 0 is the plain NLL, 1 weights like the MSE).
       grad_clip: ``None`` or the global-norm bound (> 0) of ``optax.clip_by_global_norm``.
-      curriculum: ``None`` or a :class:`Curriculum`.
+      curriculum: ``None`` or a [`Curriculum`][icl.training.Curriculum].
       checkpoint_every: with a checkpoint writer (``train(..., checkpoint=...)``), write a checkpoint every
         this many steps (0: only at the end).
     """

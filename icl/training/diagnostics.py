@@ -1,4 +1,4 @@
-"""Diagnostics of a finished training run: :func:`convergence_report`."""
+"""Diagnostics of a finished training run: [`convergence_report`][icl.training.convergence_report]."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The training engine: ONE compiled program (jit + scan over steps + vmap over runs), and :func:`train`.
+"""The training engine: ONE compiled program (jit + scan over steps + vmap over runs), and [`train`][icl.training.train].
 
 Every step draws fresh prompts from ``task.sample(split(fold_in(run_key, 1), steps)[t], batch, n)``: the
 data are a pure function of (seed, run, step), so a run resumed from a checkpoint equals an uninterrupted
@@ -7,8 +7,8 @@ one bit for bit. The steps run inside ``lax.scan``; runs (seeds, sweep points) r
 and noise level (tasks are pytrees). Steps are grouped into chunks only to report progress, keep
 snapshots, write checkpoints and stop on divergence.
 
-:func:`run_engine` is the engine (a :class:`TrainResult` in, the trained :class:`TrainResult` out);
-:func:`train` and :func:`icl.sweeps.sweep` build its starting runs.
+[`run_engine`][icl.training.run_engine] is the engine (a [`TrainResult`][icl.training.TrainResult] in, the trained [`TrainResult`][icl.training.TrainResult] out);
+[`train`][icl.training.train] and [`icl.sweeps.sweep`][icl.sweeps.sweep] build its starting runs.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import optax
 from flax import nnx
 
 from icl import compiler
+from icl.progress import progress_bar
 from icl.protocol import mark_trained_length, model_spec
 from icl.pytree import Static, is_pytree
 from icl.tasks import Task
@@ -71,18 +72,18 @@ class Snapshots:
 
 @dataclass
 class TrainResult:
-    """Trained parameters of every seed and the loss history (also the state :func:`run_engine` continues).
+    """Trained parameters of every seed and the loss history (also the state [`run_engine`][icl.training.run_engine] continues).
 
     Attributes:
       graphdef: the NNX graph definition shared by all seeds.
       params: the parameter ``nnx.State`` with a leading seed axis ``[num_seeds, ...]``.
       losses: training loss per seed and step, ``[num_seeds, step]`` (numpy).
-      config: the :class:`TrainConfig` used. seconds: wall time of the run (compilation included).
+      config: the [`TrainConfig`][icl.training.TrainConfig] used. seconds: wall time of the run (compilation included).
       opt_state: the optimiser state (leading seed axis), for checkpoints and resuming.
       step: optimiser steps taken (``config.steps`` for a finished run; less for a mid-run checkpoint).
       final_losses: ``[num_seeds]`` loss of the final parameters on a fresh batch (after the last step).
-      snapshots: :class:`Snapshots` when trained with ``snapshot_every``.
-      model_spec: :func:`icl.protocol.model_spec` of the model (recorded by checkpoints), or None.
+      snapshots: [`Snapshots`][icl.training.Snapshots] when trained with ``snapshot_every``.
+      model_spec: [`icl.protocol.model_spec`][icl.protocol.model_spec] of the model (recorded by checkpoints), or None.
     """
 
     graphdef: nnx.GraphDef
@@ -140,6 +141,8 @@ def train(
     *,
     checkpoint=None,
     snapshot_every: int = 0,
+    progress: bool = False,
+    callback: Callable[[int, np.ndarray], object] | None = None,
 ) -> TrainResult:
     """Train ``config.num_seeds`` models at once on fresh prompts from ``task``.
 
@@ -148,15 +151,20 @@ def train(
         seed ``i``'s model is ``model_fn(nnx.Rngs(params=fold_in(run_keys(seed, num_seeds)[i], 0)))``.
       task: any task (a pytree, so noise levels share one compiled program); sampled with
         ``config.batch`` prompts of length ``config.n`` at every step.
-      config: :class:`TrainConfig` (its ``loss`` chooses the objective, :mod:`icl.training.losses`).
+      config: [`TrainConfig`][icl.training.TrainConfig] (its ``loss`` chooses the objective, ``icl.training.losses``).
       loss_fn: optional custom ``loss_fn(model, prompts) -> scalar`` that replaces ``config.loss``.
       checkpoint: a checkpoint writer such as ``icl.CheckpointDir(folder, resume=True)``: an object with
         ``open(start, task) -> TrainResult`` (the runs to continue: ``start`` itself, or the state it
         restores) and ``save(result)``, called every ``config.checkpoint_every`` steps and at the end.
       snapshot_every: keep the parameters every this many steps (and at the start and the end) in
         ``result.snapshots``.
+      progress: show a progress bar on stderr (tqdm; a widget in a notebook) with the mean loss of the runs,
+        moved between chunks of steps (see [`run_engine`][icl.training.run_engine]).
+      callback: ``callback(step, losses)`` after every chunk of steps, with ``losses [num_seeds, chunk]`` the
+        training losses of the chunk that ends at ``step`` (e.g. a run logger's ``training(stage)``, see
+        [`icl.runlog`][icl.runlog]); called from Python between compiled chunks.
     Returns:
-      :class:`TrainResult` with per-seed parameters, losses ``[num_seeds, steps]`` and ``final_losses``.
+      [`TrainResult`][icl.training.TrainResult] with per-seed parameters, losses ``[num_seeds, steps]`` and ``final_losses``.
     Raises:
       ValueError: a model output of the wrong shape (named), a loss the model cannot serve, a curriculum
         on a task without ``w``.
@@ -175,7 +183,7 @@ def train(
         start = checkpoint.open(start, task)
     start = dataclasses.replace(start, seconds=time.perf_counter() - t0)
     return run_engine(start, task, keys, loss_fn=loss_fn, snapshot_every=snapshot_every,
-                      save=None if checkpoint is None else checkpoint.save)
+                      save=None if checkpoint is None else checkpoint.save, progress=progress, callback=callback)
 
 
 def train_with_snapshots(
@@ -184,14 +192,17 @@ def train_with_snapshots(
     config: TrainConfig,
     every: int,
     loss_fn: Callable | None = None,
+    *,
+    progress: bool = False,
 ) -> tuple[TrainResult, Snapshots]:
     """``train(..., snapshot_every=every)`` returning ``(result, result.snapshots)``."""
-    result = train(model_fn, task, config, loss_fn, snapshot_every=check_int("every", every, 1))
+    result = train(model_fn, task, config, loss_fn, snapshot_every=check_int("every", every, 1), progress=progress)
     return result, result.snapshots
 
 
 def run_engine(start: TrainResult, task, keys: jax.Array, lrs=None, *, loss_fn: Callable | None = None,
-               sharding=None, snapshot_every: int = 0, save: Callable[[TrainResult], object] | None = None
+               sharding=None, snapshot_every: int = 0, save: Callable[[TrainResult], object] | None = None,
+               progress: bool = False, callback: Callable[[int, np.ndarray], object] | None = None
                ) -> TrainResult:
     """Train ``P`` runs side by side from ``start.step`` to ``start.config.steps``: the training engine.
 
@@ -202,15 +213,20 @@ def run_engine(start: TrainResult, task, keys: jax.Array, lrs=None, *, loss_fn: 
 
     Args:
       start: the runs' state (``graphdef``, ``params [P, ...]``, ``opt_state``, ``step``, ``losses
-        [P, step]``, ``config``; :func:`train` builds one, a checkpoint restores one).
+        [P, step]``, ``config``; [`train`][icl.training.train] builds one, a checkpoint restores one).
       task: one task for every run, or a sequence of ``P`` tasks with one pytree structure.
-      keys: ``[P]`` run keys (:func:`run_keys`). lrs: ``[P]`` peak learning rates.
+      keys: ``[P]`` run keys ([`run_keys`][icl.training.run_keys]). lrs: ``[P]`` peak learning rates.
       loss_fn: a custom ``loss_fn(model, prompts)`` instead of ``config.loss``.
-      sharding: a sharding of the leading run axis (:func:`icl.sweeps.run_sharding`), or None.
+      sharding: a sharding of the leading run axis ([`icl.sweeps.run_sharding`][icl.sweeps.run_sharding]), or None.
       snapshot_every: keep the parameters every this many steps in ``result.snapshots``.
-      save: called with the :class:`TrainResult` so far every ``config.checkpoint_every`` steps and at the end.
+      save: called with the [`TrainResult`][icl.training.TrainResult] so far every ``config.checkpoint_every`` steps and at the end.
+      progress: show a progress bar on stderr, moved from Python after each chunk of steps (never from inside
+        the compiled program). The chunks are those of ``config.progress_every``, ``snapshot_every`` and
+        checkpoints; with none of these, about 20 chunks. Chunking changes no result.
+      callback: ``callback(step, losses)`` after every chunk (the same chunks as ``progress``), with
+        ``losses [P, chunk]`` the chunk's training losses, ending at ``step``.
     Returns:
-      The trained :class:`TrainResult` (``losses [P, steps]``, ``final_losses [P]``, ``seconds`` added to
+      The trained [`TrainResult`][icl.training.TrainResult] (``losses [P, steps]``, ``final_losses [P]``, ``seconds`` added to
       ``start.seconds``).
     """
     t0 = time.perf_counter()
@@ -235,34 +251,50 @@ def run_engine(start: TrainResult, task, keys: jax.Array, lrs=None, *, loss_fn: 
         task = jax.device_put(task, sharding) if batched else task
     statics = dict(graphdef=graphdef, config=program, loss_fn=loss_fn, static_task=static_task, batched=batched)
     intervals = (config.progress_every, snapshot_every, config.checkpoint_every if save is not None else 0)
-    chunk = math.gcd(*intervals) or config.steps  # boundaries never move on resume
+    chunking = progress or callback is not None
+    chunk = math.gcd(*intervals) or (_progress_chunk(config.steps) if chunking else config.steps)  # fixed on resume
     history = [np.asarray(start.losses)] if done else []
     snaps, final = [(done, params)] if snapshot_every else [], start.final_losses
     result = start
-    while done < config.steps:
-        end = min(done + chunk - done % chunk, config.steps)
-        saving = save is not None and (end == config.steps or bool(config.checkpoint_every)
-                                       and end % config.checkpoint_every == 0)
-        measure = end == config.steps or saving  # a checkpoint stores the final loss of its parameters
-        params, opt_state, losses, ok, measured = _train_chunk(
-            params, opt_state, step_keys[:, done:end], np.arange(done, end, dtype=_step_dtype()), lrs, end_keys,
-            task, np.bool_(measure), **statics)
-        history.append(np.asarray(losses))
-        done, final = end, np.asarray(measured) if measure else final
-        _check_finite(np.concatenate(history, axis=1), np.asarray(ok), np.asarray(measured), done)
-        if snapshot_every and (done % snapshot_every == 0 or done == config.steps):
-            snaps.append((done, params))
-        result = dataclasses.replace(start, params=params, opt_state=opt_state, step=done, final_losses=final,
-                                     losses=np.concatenate(history, axis=1),
-                                     seconds=start.seconds + time.perf_counter() - t0)
-        if saving:
-            save(result)
-        if config.progress_every and (done % config.progress_every == 0 or done == config.steps):
-            print(f"[train] step {done}/{config.steps}  loss {history[-1][:, -1].mean():.5g} (mean of "
-                  f"{history[-1].shape[0]} runs)  {result.seconds:.1f}s", file=sys.stderr, flush=True)
+    with progress_bar(progress, config.steps, "train", unit="step", initial=done) as bar:
+        while done < config.steps:
+            end = min(done + chunk - done % chunk, config.steps)
+            saving = save is not None and (end == config.steps or bool(config.checkpoint_every)
+                                           and end % config.checkpoint_every == 0)
+            measure = end == config.steps or saving  # a checkpoint stores the final loss of its parameters
+            params, opt_state, losses, ok, measured = _train_chunk(
+                params, opt_state, step_keys[:, done:end], np.arange(done, end, dtype=_step_dtype()), lrs, end_keys,
+                task, np.bool_(measure), **statics)
+            history.append(np.asarray(losses))
+            bar.set_postfix_str(f"loss {history[-1][:, -1].mean():.4g}", refresh=False)
+            bar.update(end - done)
+            if callback is not None:
+                callback(end, history[-1])
+            done, final = end, np.asarray(measured) if measure else final
+            _check_finite(np.concatenate(history, axis=1), np.asarray(ok), np.asarray(measured), done)
+            if snapshot_every and (done % snapshot_every == 0 or done == config.steps):
+                snaps.append((done, params))
+            result = dataclasses.replace(start, params=params, opt_state=opt_state, step=done, final_losses=final,
+                                         losses=np.concatenate(history, axis=1),
+                                         seconds=start.seconds + time.perf_counter() - t0)
+            if saving:
+                save(result)
+            if config.progress_every and (done % config.progress_every == 0 or done == config.steps):
+                bar.write(f"[train] step {done}/{config.steps}  loss {history[-1][:, -1].mean():.5g} (mean of "
+                          f"{history[-1].shape[0]} runs)  {result.seconds:.1f}s", file=sys.stderr)
     snapshots = Snapshots(np.asarray([s for s, _ in snaps]), stack_trees([p for _, p in snaps]), graphdef) \
         if snapshot_every else None
     return dataclasses.replace(result, snapshots=snapshots, seconds=start.seconds + time.perf_counter() - t0)
+
+
+def _progress_chunk(steps: int) -> int:
+    """Steps per chunk of a progress bar that has no other chunking to follow: a divisor of ``steps`` giving 10
+    to 100 chunks (20 or more where one exists), so that every chunk runs one compiled program; when ``steps``
+    has no such divisor, ``ceil(steps / 20)`` (the last, shorter chunk compiles once more)."""
+    for parts in (*range(20, 101), *range(19, 9, -1)):
+        if steps % parts == 0:
+            return steps // parts
+    return max(1, -(-steps // 20))
 
 
 def _step_dtype():
@@ -326,7 +358,7 @@ def _train_chunk(params, opt_state, keys, steps, lrs, end_keys, task, measure_fi
 
 
 def _check_finite(losses: np.ndarray, params_ok: np.ndarray, final: np.ndarray, done: int):
-    """Raise :class:`TrainingDivergedError` naming the step where a loss, a parameter or the final loss broke."""
+    """Raise [`TrainingDivergedError`][icl.training.TrainingDivergedError] naming the step where a loss, a parameter or the final loss broke."""
     bad = ~np.isfinite(losses)
     if bad.any():
         step = int(np.argmax(bad.any(axis=0)))

@@ -85,7 +85,7 @@ def _mask_dims(prompts: Prompts, active) -> Prompts:
 
 
 def objective(config: TrainConfig, loss_fn, model, prompts: Prompts, step) -> jax.Array:
-    """:func:`training_loss` without checks: ``step`` may be traced (the training engine's loss)."""
+    """[`training_loss`][icl.training.training_loss] without checks: ``step`` may be traced (the training engine's loss)."""
     points = prompts.y.shape[1]
     curriculum = config.curriculum
     if curriculum is not None:
@@ -99,12 +99,12 @@ def objective(config: TrainConfig, loss_fn, model, prompts: Prompts, step) -> ja
 
 def training_loss(model, prompts: Prompts, config: TrainConfig, loss_fn: Callable | None = None,
                   step: int | None = None) -> jax.Array:
-    """The loss :func:`icl.train` minimises, on given prompts: ``config.loss`` (or ``loss_fn``) after the curriculum.
+    """The loss [`icl.train`][icl.training.train] minimises, on given prompts: ``config.loss`` (or ``loss_fn``) after the curriculum.
 
     Args:
       model: a model (or any predictor with the outputs ``config.loss`` needs).
       prompts: the prompts (``[batch, n, d]``).
-      config: the :class:`TrainConfig` (its ``loss``, ``nll_beta`` and ``curriculum`` are used).
+      config: the [`TrainConfig`][icl.training.TrainConfig] (its ``loss``, ``nll_beta`` and ``curriculum`` are used).
       loss_fn: a custom ``loss_fn(model, prompts)`` instead of ``config.loss``.
       step: the training step whose curriculum applies (default: the end of training, ``config.steps``).
     Returns:
