@@ -26,7 +26,7 @@ from icl.theory.asymptotic import (
 from icl.theory.looped import optimal_tied_step_size, tied_gd_risk, tied_gd_risk_polynomial
 from icl.theory.multistep import (
     gd_plus_plus_polynomial, gd_plus_plus_risk, gd_polynomial, multistep_gd_risk, optimal_gd_plus_plus,
-    optimal_multistep_step_sizes, polynomial_risk, wishart_trace_moments)
+    optimal_multistep_step_sizes, polynomial_risk, wishart_mixed_trace_moment, wishart_trace_moments)
 from icl.theory.nonlinear import TargetMoments, estimate_moments, linear_part_norm2
 from icl.theory.population import (
     PopulationFlow, conserved_quantity, flow_time_scales, gradient_flow_limit, population_loss, train_population,
@@ -39,6 +39,6 @@ __all__ = [
     "flow_time_scales", "gd_plus_plus_polynomial", "gd_plus_plus_risk", "gd_polynomial", "gradient_flow_limit",
     "law_of", "linear_part_norm2", "multistep_gd_risk", "one_step_risk", "optimal_gamma", "optimal_gd_plus_plus",
     "optimal_multistep_step_sizes", "optimal_risk", "optimal_step_size", "polynomial_risk", "population_loss", "risk",
-    "train_population", "wishart_trace_moments", "zfb_initialization", "optimal_tied_step_size", "tied_gd_risk",
+    "train_population", "wishart_mixed_trace_moment", "wishart_trace_moments", "zfb_initialization", "optimal_tied_step_size", "tied_gd_risk",
     "tied_gd_risk_polynomial",
 ]

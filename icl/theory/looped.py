@@ -27,7 +27,6 @@ which grows quickly with ``K`` (``K = 15``: ~0.5 s; ``K = 20``: ~5 s, cached aft
 
 from __future__ import annotations
 
-import functools
 import math
 from fractions import Fraction
 
@@ -35,36 +34,11 @@ import numpy as np
 
 from icl.tasks.base import GaussianLaw, check_positive_int
 from icl.theory.api import law_of
+from icl.theory.multistep import wishart_mixed_trace_moment
 
 __all__ = ["optimal_tied_step_size", "tied_gd_risk", "tied_gd_risk_polynomial"]
 
 _GRID = 512  # sign-change grid for R' on (0, 2 d / m_2]
-
-
-@functools.cache
-def _trace_moment(powers: tuple[int, ...], n: int, d: int) -> int:
-    """``E prod_j tr(W^{k_j})`` for ``W = Z^T Z``, ``Z`` an ``n x d`` standard Gaussian matrix (exact integer).
-
-    The Stein recursion of [`icl.wishart_trace_moments`][icl.theory.wishart_trace_moments] (docs/theory.md §6), kept here as integers: that
-    function returns the moments as float64, and the tied risk needs them exactly (its coefficients cancel).
-    ``E[tr W^k P] = (n + k - 1) E[tr W^{k-1} P] + sum_{j=1}^{k-1} E[tr W^j tr W^{k-1-j} P]
-    + 2 sum_i k_i E[tr W^{k+k_i-1} P / tr W^{k_i}]`` for ``P = prod_i tr W^{k_i}``, with ``tr W^0 = d``.
-    """
-    if not powers:
-        return 1
-    *rest, k = powers  # sorted ascending: k is the largest power
-
-    def moment(extra: list[int], others: list[int]) -> int:
-        ps = others + extra
-        zeros = sum(1 for p in ps if p == 0)
-        return d**zeros * _trace_moment(tuple(sorted(p for p in ps if p > 0)), n, d)
-
-    total = (n + k - 1) * moment([k - 1], rest)
-    for j in range(1, k):
-        total += moment([j, k - 1 - j], rest)
-    for i, ki in enumerate(rest):
-        total += 2 * ki * moment([k + ki - 1], rest[:i] + rest[i + 1 :])
-    return total
 
 
 def _gaussian_law(task, what: str) -> GaussianLaw:
@@ -85,7 +59,7 @@ def _exact_coefficients(law, n: int, k: int) -> list[Fraction]:
     a = Fraction(float(np.trace(law.x_cov @ law.w_cov))) / d
     sigma2 = Fraction(float(law.noise_std)) ** 2
     b = sigma2 / n
-    m = [Fraction(d)] + [Fraction(_trace_moment((j,), n, d), n**j) for j in range(1, 2 * k + 1)]
+    m = [Fraction(d)] + [Fraction(wishart_mixed_trace_moment((j,), n, d), n**j) for j in range(1, 2 * k + 1)]
     coeffs = [a * d + sigma2]
     for s in range(1, 2 * k + 1):
         c2k, ck = math.comb(2 * k, s), math.comb(k, s)
@@ -181,7 +155,7 @@ def optimal_tied_step_size(task, n: int, num_steps: int) -> tuple[float, float]:
     law, n, k = _setup(task, n, num_steps, "optimal_tied_step_size")
     coeffs = _exact_coefficients(law, n, k)
     deriv = _derivative(coeffs)
-    m2 = Fraction(_trace_moment((2,), n, law.d), n**2)
+    m2 = Fraction(wishart_mixed_trace_moment((2,), n, law.d), n**2)
     upper = float(2 * law.d / m2)  # beyond it R(eta) > R(0) (Jensen), so the minimiser lies in (0, upper]
     grid = list(np.linspace(0.0, upper, _GRID + 1)[1:])
     candidates = [upper]

@@ -42,12 +42,13 @@ __all__ = [
     "optimal_gd_plus_plus",
     "optimal_multistep_step_sizes",
     "polynomial_risk",
+    "wishart_mixed_trace_moment",
     "wishart_trace_moments",
 ]
 
 
 @functools.cache
-def _mixed_trace_moment(powers: tuple[int, ...], n: int, d: int) -> int:
+def wishart_mixed_trace_moment(powers: tuple[int, ...], n: int, d: int) -> int:
     """``E prod_j tr(W^{k_j})`` for ``W = Z^T Z``, ``Z`` an ``n x d`` standard Gaussian matrix (exact integer).
 
     Stein's identity ``E[Z_ai g(Z)] = E[dg/dZ_ai]`` applied to ``tr(W^k) = sum_ai Z_ai (Z W^{k-1})_ai`` gives
@@ -62,7 +63,7 @@ def _mixed_trace_moment(powers: tuple[int, ...], n: int, d: int) -> int:
     def moment(extra: list[int], others: list[int]) -> int:
         ps = others + extra
         zeros = sum(1 for p in ps if p == 0)
-        return d**zeros * _mixed_trace_moment(tuple(sorted(p for p in ps if p > 0)), n, d)
+        return d**zeros * wishart_mixed_trace_moment(tuple(sorted(p for p in ps if p > 0)), n, d)
 
     total = (n + k - 1) * moment([k - 1], rest)
     for j in range(1, k):
@@ -81,7 +82,7 @@ def wishart_trace_moments(n: int, d: int, max_power: int) -> np.ndarray:
     n, d = check_positive_int("n", n), check_positive_int("d", d)
     if isinstance(max_power, bool) or not (isinstance(max_power, (int, np.integer)) and max_power >= 0):
         raise ValueError(f"max_power must be an integer >= 0, got {max_power!r}")
-    return np.array([d] + [_mixed_trace_moment((j,), n, d) / n**j for j in range(1, max_power + 1)], np.float64)
+    return np.array([d] + [wishart_mixed_trace_moment((j,), n, d) / n**j for j in range(1, max_power + 1)], np.float64)
 
 
 def _gd_poly(etas, xp):
