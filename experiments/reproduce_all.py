@@ -40,6 +40,7 @@ EXPERIMENTS = [
     ("uncertainty", "Liu et al. 2024 (in-context uncertainty); Bayes predictive, docs/theory.md §12"),
     ("which_algorithm", "Akyürek et al. 2023 (SPD, ILWD, parsimony); docs/theory.md §11"),
     ("task_diversity", "Raventós et al. 2023 (dMMSE vs ridge over the pool size); docs/theory.md §12"),
+    ("asymptotics", "Lu, Letey, Zavatone-Veth, Maiti & Pehlevan 2025, Result 1; docs/theory.md §15"),
 ]
 NAMES = [name for name, _ in EXPERIMENTS]
 

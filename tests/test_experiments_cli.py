@@ -15,8 +15,9 @@ from icl.io import relative_claim
 from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["one_step_gd", "preconditioned_gd", "nonlinear_targets", "von_oswald", "multilayer_gd", "gradient_flow"]
-TRAINING = [s for s in SCRIPTS if s != "gradient_flow"]
+SCRIPTS = ["one_step_gd", "preconditioned_gd", "nonlinear_targets", "von_oswald", "multilayer_gd", "gradient_flow",
+           "asymptotics"]
+TRAINING = [s for s in SCRIPTS if s not in ("gradient_flow", "asymptotics")]
 _MODULES: dict = {}
 
 
