@@ -4,6 +4,7 @@ transformer against Garg et al.'s code, baseline and prefix costs, and end-to-en
 and of von Oswald's time to target.
 
     python benchmarks/run.py [--quick] [--only throughput,seeds,...] --out DIR
+        [--garg-src THEIR/src --garg-python THEIR/python [--garg-threads 2,1]]
 
 Writes ``DIR/benchmarks.json`` (``results``: one ``{name, value, unit, target, passed}`` per figure with a
 target; ``raw``: every figure, the date, the machine and its load) and ``DIR/benchmarks.md``. The harness
@@ -54,22 +55,46 @@ def script_run(script: str, flags: list[str], repeats: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
+    parser.add_argument("--smoke", action="store_true", help="the transformer case at toy sizes, in seconds: checks "
+                        "the pipeline (their workers included); its figures mean nothing")
     parser.add_argument("--out", required=True, help="output folder for benchmarks.json and benchmarks.md")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    parser.add_argument("--garg-src", help="the transformer case: Garg et al.'s src/ folder (a scratch checkout of "
+                        "their repository, never copied here), to run their training step side by side "
+                        "(default: $ICL_BENCH_GARG_SRC; neither: compare with a constant)")
+    parser.add_argument("--garg-python", help="a Python with torch and transformers that runs their code "
+                        "(default: $ICL_BENCH_GARG_PYTHON, else this Python)")
+    parser.add_argument("--garg-threads", default="2,1", help="torch thread counts to run their code with, each in "
+                        "its own worker (default 2,1; the ratio is against the faster)")
     args = parser.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = sorted(set(only) - set(BENCHMARKS))
     if unknown:
         parser.error(f"--only: unknown benchmark(s) {unknown}; choose from {','.join(BENCHMARKS)}")
+    if args.garg_src and not (Path(args.garg_src) / "train.py").is_file():
+        parser.error(f"--garg-src: {args.garg_src} has no train.py (give the src/ folder of their repository)")
+    try:
+        threads = [int(t) for t in args.garg_threads.split(",") if t.strip()]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        parser.error(f"--garg-threads: comma-separated positive integers, got {args.garg_threads!r}")
     out = Path(args.out)
-    raw = {"mode": "quick" if args.quick else "full", "date": now(), "machine": machine(), "cases": {}, "errors": []}
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    raw = {"mode": mode, "date": now(), "machine": machine(), "cases": {}, "errors": []}
     results: list[Result] = []
     repeats = 1 if args.quick else 3
     for name in only:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         try:
             if name in IN_PROCESS:
-                res = launch(["benchmarks/cases.py", name] + (["--quick"] if args.quick else []))
+                flags = ["--quick"] if args.quick else []
+                if name == "transformer":
+                    flags += ["--garg-threads", args.garg_threads] + (["--smoke"] if args.smoke else [])
+                    flags += ["--garg-src", args.garg_src] if args.garg_src else []
+                    flags += ["--garg-python", args.garg_python] if args.garg_python else []
+                # the transformer case trains Garg et al.'s standard configuration (seconds a step) side by side
+                res = launch(["benchmarks/cases.py", name] + flags, timeout=3600.0 if name == "transformer" else 1200.0)
                 results += [Result(**r) for r in res["results"]]
                 raw["cases"][name] = dict(res["figures"], peak_rss_mb=res["peak_rss_mb"], wall_s=res["wall_s"],
                                           load_average_end=res["load_average"])
