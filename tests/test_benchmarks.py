@@ -86,6 +86,7 @@ def test_hlo_reader_counts_the_flops_of_matrix_products(REPO_ROOT):
     assert harness.hlo_dot_flops(module) == 2 * 6 * 5 * 3 + 2 * 5 * 6 * 5
 
 
+@pytest.mark.slow
 def test_side_by_side_case_runs_at_a_tiny_configuration_without_their_code(REPO_ROOT):
     cases = _bench_module(REPO_ROOT, "cases")
     cfg = {"tiny": {"d": 2, "points": 3, "layers": 1, "width": 8, "heads": 2, "batch": 4}}

@@ -145,6 +145,7 @@ def test_a_config_file_that_is_not_this_experiments_exits_2_naming_the_problem(c
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_a_run_folder_config_reruns_the_run_bit_for_bit(tmp_path):
     spec = script("one_step_gd").SPEC
     flags = ["--d", "2", "--n", "6", "--steps", "40", "--batch", "64", "--seeds", "1", "--eval-prompts", "512",

@@ -84,6 +84,7 @@ def test_an_unknown_logger_is_refused_naming_it(tmp_path):
         make_logger("mlflow", tmp_path)
 
 
+@pytest.mark.slow
 def test_an_experiment_with_log_tensorboard_leaves_event_files_with_its_loss_curve(tmp_path):
     pytest.importorskip("tensorboardX")
     pytest.importorskip("tensorboard")
