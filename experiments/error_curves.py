@@ -413,14 +413,14 @@ def plot(results: dict, exact: dict, args):
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
     ks = np.arange(1, args.n + 1)
     for ax, (name, curves) in zip(axes[0], results.items()):
-        for i, (label, c) in enumerate((k, v) for k, v in curves.items() if k != "gaps"):
-            style = dict(lw=2.2, color="k") if label == "transformer" else dict(lw=1.2, color=f"C{i}")
-            ax.plot(ks, c["mean"], label=label + (" (mean of seeds)" if label == "transformer" else ""), **style)
-            ax.fill_between(ks, c["mean"] - 2 * c["se"], c["mean"] + 2 * c["se"], alpha=0.2, color=style["color"])
+        shown = {(k + " (mean of seeds)" if k == "transformer" else k): v for k, v in curves.items() if k != "gaps"}
+        icl.plot_error_curves(shown, ax, bands=2.0, d=args.d)
+        for line in ax.get_lines():
+            if line.get_label().startswith("transformer"):
+                line.set(lw=2.2, color="k")
         for ex in exact[name].values():
             ax.plot(ks, np.where(np.isfinite(ex["mean"]), ex["mean"], np.nan), ls="--", lw=0.9, color="grey")
         ax.plot([], [], ls="--", lw=0.9, color="grey", label="exact LS / Bayes")
-        ax.axvline(args.d + 1, color="grey", ls=":", lw=1)
         ax.set_ylim(-0.05, 1.6)
         ax.set_xlabel("k (prediction from the first k-1 pairs)")
         ax.set_ylabel("squared error / E[y^2] (noiseless)")

@@ -355,9 +355,6 @@ def run(args) -> Outcome:
 
 
 def _figure(runs, stars, d):
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     finite = [r for r in runs if r["num_tasks"] != "inf"]
@@ -378,11 +375,12 @@ def _figure(runs, stars, d):
     ax1.set_xlabel("number of pretraining tasks M")
     ax1.set_ylabel(f"SPD (mean over prefixes; {num_seeds} seed{'s' if num_seeds > 1 else ''})")
     ax1.legend(fontsize=7)
-    for s in range(num_seeds):
-        ratio = np.array([r["fresh_error_ratio_to_ridge"]["per_seed"][s] for r in finite])
-        rse = np.array([r["fresh_error_ratio_to_ridge"]["se_per_seed"][s] for r in finite])
-        ax2.errorbar(ms, ratio, yerr=2 * rse, marker="o", color=f"C{s}", label=f"seed {s}: model / ridge (fresh)")
-        ax2.axhline(runs[-1]["fresh_error_ratio_to_ridge"]["per_seed"][s], color=f"C{s}", ls=":", alpha=0.6)
+    all_ms = [np.inf if r["num_tasks"] == "inf" else r["num_tasks"] for r in runs]
+    ratios = {f"seed {s}: model / ridge (fresh)": (
+        np.array([r["fresh_error_ratio_to_ridge"]["per_seed"][s] for r in runs]),
+        np.array([r["fresh_error_ratio_to_ridge"]["se_per_seed"][s] for r in runs])) for s in range(num_seeds)}
+    icl.plot_task_diversity(all_ms, ratios, ax=ax2, bands=2.0, logy=False, ylabel="", transition=stars[0])
+    for s in range(1, num_seeds):
         if stars[s]:
             ax2.axvline(stars[s], color=f"C{s}", ls="-.", alpha=0.6, label=f"seed {s}: M* = {stars[s]}")
     ax2.axhline(1 + RIDGE_TOL, color="r", ls="--", label="ridge + 10%")

@@ -303,16 +303,13 @@ def run(args) -> Outcome:
     claims.extend(conv_claims)
     extra = {"final_train_loss": final_train_loss(result), "convergence": report, "train_seconds": result.seconds,
              "in_distribution_nll_gap": seed_spread(nll_gaps)}
-    return Outcome(claims, runs, {"uncertainty.png": lambda: _figure(runs)}, extra)
+    return Outcome(claims, runs, {"uncertainty.png": lambda: _figure(runs, ind)}, extra)
 
 
-def _figure(runs):
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _figure(runs, ind):
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4))
     labels = list(dict.fromkeys(r["shift"] for r in runs))
     seeds = sorted({r["seed"] for r in runs})
     width = 0.8 / (2 * len(seeds))
@@ -335,16 +332,11 @@ def _figure(runs):
     ax1.axhline(0, color="k", lw=0.5)
     ax1.legend(fontsize=7)
     ax1.set_title("NLL against Bayes, in and out of distribution")
-    for r in (r for r in runs if r["shift"] == "none"):
-        hist, se = r["model"]["pit_histogram"]
-        bins = len(hist)
-        ax2.bar((np.arange(bins) + 0.5) / bins, hist, 1.0 / bins, yerr=2 * np.asarray(se), alpha=0.5,
-                label=f"seed {r['seed']}")
-    ax2.axhline(1.0 / len(runs[0]["model"]["pit_histogram"][0]), color="k", ls="--", label="calibrated")
-    ax2.set_xlabel("PIT")
-    ax2.set_ylabel("fraction")
-    ax2.set_title("PIT histogram in distribution")
-    ax2.legend(fontsize=8)
+    in_distribution = {f"seed {s}": r.metrics["model"] for s, r in enumerate(ind)}
+    icl.plot_pit_histogram(in_distribution, ax=ax2, bands=2.0)
+    ax2.set_title("PIT histogram in distribution (2 SE)")
+    icl.plot_coverage(in_distribution, ax=ax3, bands=2.0)
+    ax3.set_title("coverage of central intervals in distribution (2 SE)")
     fig.tight_layout()
     return fig
 
