@@ -41,6 +41,7 @@ EXPERIMENTS = [
     ("which_algorithm", "Akyürek et al. 2023 (SPD, ILWD, parsimony); docs/theory.md §11"),
     ("task_diversity", "Raventós et al. 2023 (dMMSE vs ridge over the pool size); docs/theory.md §12"),
     ("asymptotics", "Lu, Letey, Zavatone-Veth, Maiti & Pehlevan 2025, Result 1; docs/theory.md §15"),
+    ("architectures", "Yang et al. 2023; Gatmiry et al. 2024; Park et al. 2024; Zucchet et al. 2023; docs/theory.md §16"),
 ]
 NAMES = [name for name, _ in EXPERIMENTS]
 
