@@ -42,6 +42,7 @@ EXPERIMENTS = [
     ("task_diversity", "Raventós et al. 2023 (dMMSE vs ridge over the pool size); docs/theory.md §12"),
     ("asymptotics", "Lu, Letey, Zavatone-Veth, Maiti & Pehlevan 2025, Result 1; docs/theory.md §15"),
     ("architectures", "Yang et al. 2023; Gatmiry et al. 2024; Park et al. 2024; Zucchet et al. 2023; docs/theory.md §16"),
+    ("algorithm_selection", "Bai, Chen, Wang, Xiong & Mei 2023 (in-context algorithm selection); docs/theory.md §13"),
 ]
 NAMES = [name for name, _ in EXPERIMENTS]
 
