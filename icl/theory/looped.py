@@ -32,21 +32,12 @@ from fractions import Fraction
 
 import numpy as np
 
-from icl.tasks.base import GaussianLaw, check_positive_int
-from icl.theory.api import law_of
-from icl.theory.multistep import wishart_mixed_trace_moment
+from icl.tasks.base import check_positive_int
+from icl.theory.multistep import gaussian_law, wishart_mixed_trace_moment
 
 __all__ = ["optimal_tied_step_size", "tied_gd_risk", "tied_gd_risk_polynomial"]
 
 _GRID = 512  # sign-change grid for R' on (0, 2 d / m_2]
-
-
-def _gaussian_law(task, what: str) -> GaussianLaw:
-    law = law_of(task)
-    if not isinstance(law, GaussianLaw):
-        raise ValueError(f"{what} needs Gaussian inputs (a GaussianLaw); {law.family} has none: the exact tied "
-                         "K-step risk of docs/theory.md §16 uses the Wishart moments of Gaussian inputs")
-    return law
 
 
 def _exact_coefficients(law, n: int, k: int) -> list[Fraction]:
@@ -87,7 +78,7 @@ def _check_step_sizes(step_size) -> np.ndarray:
 
 def _setup(task, n, num_steps, what):
     n, k = check_positive_int("n", n), check_positive_int("num_steps", num_steps)
-    return _gaussian_law(task, what), n, k
+    return gaussian_law(task, what, "the exact tied K-step risk of docs/theory.md §16"), n, k
 
 
 def tied_gd_risk_polynomial(task, n: int, num_steps: int) -> np.ndarray:

@@ -37,6 +37,7 @@ from icl.theory.api import law_of
 __all__ = [
     "gd_plus_plus_polynomial",
     "gd_plus_plus_risk",
+    "gaussian_law",
     "gd_polynomial",
     "multistep_gd_risk",
     "optimal_gd_plus_plus",
@@ -130,11 +131,13 @@ def gd_plus_plus_polynomial(step_sizes, gammas) -> jax.Array:
     return _gdpp_poly(etas, gammas, jnp)
 
 
-def _gaussian_law(task, what: str) -> GaussianLaw:
+def gaussian_law(task, what: str, formula: str = "the exact K-step risk of docs/theory.md §6") -> GaussianLaw:
+    """``task``'s law, which the Wishart-moment formulas need Gaussian; else a ValueError naming ``what`` and the
+    ``formula`` that needs it."""
     law = law_of(task)
     if not isinstance(law, GaussianLaw):
-        raise ValueError(f"{what} needs Gaussian inputs (a GaussianLaw); {law.family} has none: the exact K-step "
-                         "risk of docs/theory.md §6 uses the Wishart moments of Gaussian inputs")
+        raise ValueError(f"{what} needs Gaussian inputs (a GaussianLaw); {law.family} has none: {formula} uses the "
+                         "Wishart moments of Gaussian inputs")
     return law
 
 
@@ -153,7 +156,7 @@ def polynomial_risk(coeffs, task, n: int) -> jax.Array:
     """
     coeffs = jnp.asarray(coeffs)
     n = check_positive_int("n", n)
-    law = _gaussian_law(task, "polynomial_risk")
+    law = gaussian_law(task, "polynomial_risk")
     a, b, noise2 = _constants(law, n)
     degree = coeffs.shape[0] - 1
     m = jnp.asarray(wishart_trace_moments(n, law.d, 2 * degree), coeffs.dtype)
@@ -191,7 +194,7 @@ def multistep_gd_risk(step_sizes, task, n: int):
     ``step_sizes``: ``[..., K]`` (leading axes evaluated together). Float64 (a float for one schedule).
     """
     n = check_positive_int("n", n)
-    law = _gaussian_law(task, "multistep_gd_risk")
+    law = gaussian_law(task, "multistep_gd_risk")
     etas = np.atleast_1d(_finite("step_sizes", step_sizes))
     lead = etas.shape[:-1]
     flat = etas.reshape(-1, etas.shape[-1])
@@ -206,7 +209,7 @@ def gd_plus_plus_risk(step_sizes, gammas, task, n: int) -> float:
     ``step_sizes``: ``[K]``; ``gammas``: ``[K - 1]`` input-map rates (see [`gd_plus_plus_polynomial`][icl.theory.gd_plus_plus_polynomial]).
     """
     n = check_positive_int("n", n)
-    law = _gaussian_law(task, "gd_plus_plus_risk")
+    law = gaussian_law(task, "gd_plus_plus_risk")
     etas = np.atleast_1d(_finite("step_sizes", step_sizes))
     gammas = np.atleast_1d(_finite("gammas", gammas)) if etas.shape[0] > 1 else np.zeros(0)
     return float(_risk_np(_gdpp_poly(etas, gammas, np), law, n))
@@ -225,7 +228,7 @@ def optimal_multistep_step_sizes(task, n: int, num_steps: int) -> tuple[np.ndarr
       ``(step_sizes [K] ascending, float64; risk)``. Raises ValueError if the roots are not real and positive.
     """
     n, k = check_positive_int("n", n), check_positive_int("num_steps", num_steps)
-    law = _gaussian_law(task, "optimal_multistep_step_sizes")
+    law = gaussian_law(task, "optimal_multistep_step_sizes")
     m = wishart_trace_moments(n, law.d, 2 * k)
     a, b, _ = _constants(law, n)
     idx = np.arange(1, k + 1)
@@ -254,7 +257,7 @@ def optimal_gd_plus_plus(task, n: int, num_steps: int, iterations: int = 300,
 
     n, k = check_positive_int("n", n), check_positive_int("num_steps", num_steps)
     iterations = check_positive_int("iterations", iterations)
-    law = _gaussian_law(task, "optimal_gd_plus_plus")
+    law = gaussian_law(task, "optimal_gd_plus_plus")
     gd_steps, gd_risk = optimal_multistep_step_sizes(law, n, k)
     if k == 1:
         return gd_steps, np.zeros(0), gd_risk
