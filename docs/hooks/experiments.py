@@ -59,12 +59,6 @@ def experiment_page(path: Path) -> str:
             f"```text\n{_help(path)}```\n\nSource: `experiments/{path.name}`.\n")
 
 
-API_MODULES = ["icl.tasks", "icl.predictors", "icl.protocol", "icl.models", "icl.models.garg", "icl.theory",
-               "icl.training", "icl.sweeps", "icl.checkpoint", "icl.progress", "icl.runlog", "icl.evaluate",
-               "icl.fingerprint", "icl.probes", "icl.uncertainty", "icl.plotting", "icl.io", "icl.experiment",
-               "icl.pytree"]
-
-
 def on_config(config):
     """The Experiments and Notebooks sections of the navigation list every script and notebook there is."""
     scripts = sorted(p.stem for p in EXPERIMENTS.glob("*.py"))
@@ -79,15 +73,25 @@ def on_config(config):
 
 
 def on_post_build(config):
-    """Every public name of the documented modules has a rendered entry (an anchor) in the API reference."""
+    """Every public name of the modules the API pages render (their ``::: module`` lines) has a rendered entry (an
+    anchor) in the API reference."""
     import importlib
 
     ids = set()
     for page in Path(config["site_dir"], "api").rglob("*.html"):
         ids |= set(re.findall(r'id="(icl\.[A-Za-z0-9_.]+)"', page.read_text()))
+    import types
+
+    rendered = [m for page in sorted((ROOT / "docs" / "api").glob("*.md"))
+                for m in re.findall(r"^::: (\S+)$", page.read_text(), re.MULTILINE)]
     missing = []
-    for name in API_MODULES:
-        module = importlib.import_module(name)
+    for name in rendered:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # a single object rendered on its own (e.g. icl.predictors.lasso.lasso)
+            continue
+        if not isinstance(module, types.ModuleType):
+            continue
         for member in getattr(module, "__all__", []):
             canonical = getattr(getattr(module, member), "__module__", None)
             if f"{name}.{member}" not in ids and f"{canonical}.{member}" not in ids:
