@@ -206,6 +206,45 @@ def test_loop_window_loss_trains_a_looped_transformer():
         icl.loop_window_loss(0)
 
 
+def test_loop_curriculum_loss_at_a_step_equals_the_fixed_count_loss_with_its_gradient_in_float64():
+    """Yang et al.'s curriculum: at training step s the loss (and its truncated gradient) is that of the same
+    weights run with T(s) = min(loops, start + step * (s // every)) loops, the step passed traced as in icl.train."""
+    task = general_task(0.2)
+    with x64():
+        model = icl.Transformer(D, num_layers=1, width=8, num_heads=2, max_pairs=5, loops=4, input_injection=True,
+                                param_dtype=jnp.float64, rngs=nnx.Rngs(3))
+        p = prompts64(task, 8, 4, seed=11)
+        curriculum = icl.loop_window_loss(2, prefix=True, loops_start=2, loops_step=1, loops_every=10)
+        assert icl.training.takes_step(curriculum) and not icl.training.takes_step(lambda model, prompts: 0.0)
+        graphdef, params = nnx.split(model)
+
+        at_step = jax.jit(jax.value_and_grad(lambda v, s: curriculum(nnx.merge(graphdef, v), p, step=s)))
+
+        for step, count in [(9, 2), (1000, 4)]:
+            fixed_graph, _ = nnx.split(model.with_loops(count))
+            want, want_grad = jax.jit(jax.value_and_grad(
+                lambda v: icl.loop_window_loss(2, prefix=True)(nnx.merge(fixed_graph, v), p)))(params)
+            got, got_grad = at_step(params, jnp.asarray(step))
+            assert_close(got, want, EXACT_F64, f"loss at step {step} (T = {count})")
+            for a, b in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
+                assert_close(a, b, EXACT_F64, f"truncated gradient at step {step} (T = {count})")
+        # outside training (no step) the curriculum loss is the final count's
+        assert_close(curriculum(model, p), icl.loop_window_loss(2, prefix=True)(model, p), EXACT_F64)
+    for bad in (dict(loops_start=0), dict(loops_start=2, loops_every=0), dict(loops_start=2, loops_step=-1)):
+        with pytest.raises(ValueError, match="loops_"):
+            icl.loop_window_loss(2, **bad)
+    with pytest.raises(ValueError, match="loops_start"):
+        icl.loop_window_loss(2, loops_start=5)(model, p, step=0)
+
+
+def test_train_passes_the_step_to_a_loss_with_a_step_parameter():
+    task = icl.LinearRegressionTask.isotropic(D, noise_std=0.1)
+    config = icl.TrainConfig(steps=6, batch=8, n=N, lr=1e-6)
+    seen = icl.train(lambda r: icl.LinearTransformer(D, 1, rngs=r), task, config,
+                     loss_fn=lambda model, prompts, step: step.astype(jnp.float32))
+    np.testing.assert_array_equal(seen.losses[0], np.arange(6))  # the loss recorded at step s is s
+
+
 # --------------------------------------------------------------------------------------------------------------
 # State-space models
 # --------------------------------------------------------------------------------------------------------------

@@ -262,11 +262,17 @@ class Transformer(nnx.Module):
         Entry ``t - 1`` is what the model with ``loops = t`` predicts (the final LayerNorm and read-out applied to
         the stream after ``t`` loops); the last entry is ``model(prompts)`` (or ``model.prefix(prompts)``). With
         ``variance_head`` a ``(mean, var)`` pair of those shapes. ``stop_gradient_loops``: no gradient flows back
-        through the first that many loops (their values are unchanged; Yang et al. run them without gradients).
+        through the first that many loops (their values are unchanged; Yang et al. run them without gradients); an
+        int ``>= 0``, or a traced integer scalar (a count that changes over training, as the loop curriculum's).
         Used by [`loop_window_loss`][icl.models.loop_window_loss].
         """
-        stop = check_int("stop_gradient_loops", stop_gradient_loops, 0)
-        return self._apply(f"loop_{'prefix' if _check_bool('prefix', prefix) else 'query'}:{stop}", prompts)
+        if isinstance(stop_gradient_loops, jax.core.Tracer):  # a traced count (a loop curriculum inside icl.train)
+            stop = jnp.asarray(stop_gradient_loops, jnp.int32)
+            if stop.shape != () or not jnp.issubdtype(stop_gradient_loops.dtype, jnp.integer):
+                raise ValueError(f"stop_gradient_loops must be an integer scalar, got {stop_gradient_loops}")
+        else:
+            stop = check_int("stop_gradient_loops", stop_gradient_loops, 0)
+        return self._apply(f"loop_{'prefix' if _check_bool('prefix', prefix) else 'query'}", prompts, stop)
 
     def __call__(self, prompts: Prompts):
         """Prediction of the query, ``[batch]`` (``(mean, var)`` with ``variance_head``)."""
@@ -303,14 +309,15 @@ class Transformer(nnx.Module):
         """
         return self._apply("states", prompts)
 
-    def _apply(self, what: str, prompts: Prompts):
+    def _apply(self, what: str, prompts: Prompts, stop=0):
         """Validate (static shapes), then run ``what`` as one compiled program (cached per model structure and
-        shape), so eager calls are fast; inside an outer ``jit``/``grad`` the inner ``jit`` is inlined."""
+        shape), so eager calls are fast; inside an outer ``jit``/``grad`` the inner ``jit`` is inlined. ``stop``
+        (traced): the per-loop outputs' gradient stop (``loop_outputs``)."""
         self._check(prompts, what)
         self._loop_count()
         _check_bool("input_injection", self.input_injection)
         graphdef, state = nnx.split(self)
-        return _compiled(graphdef, state, Prompts(*prompts), what)
+        return _compiled(graphdef, state, Prompts(*prompts), what, jnp.asarray(stop, jnp.int32))
 
     def _check(self, prompts: Prompts, what: str = "query") -> None:
         _, y = check_prompt_shapes(prompts, who="Transformer", d=self.d)
@@ -326,7 +333,7 @@ class Transformer(nnx.Module):
                              "its learned positions beyond them are untrained. To study length generalisation, "
                              "opt in with model.trained_pairs = None")
 
-    def _run(self, what: str, prompts: Prompts):
+    def _run(self, what: str, prompts: Prompts, stop=0):
         x, y = prompts.x, prompts.y
         b, n, d = x.shape
         if self.encoding == "interleaved":  # x_1, [y_1, 0...0], ..., x_n, [y_n, 0...0] (, x_q)
@@ -335,8 +342,6 @@ class Transformer(nnx.Module):
         else:  # [x_i, y_i] (, [x_q, 0])
             tokens = jnp.concatenate([x, y[..., None]], axis=-1)
             query = jnp.pad(prompts.x_query, ((0, 0), (0, 1)))
-        what, _, stop = what.partition(":")  # "loop_query:2": per-loop outputs, no gradient through loops 1..2
-        stop = int(stop or 0)
         if what in ("prefix", "loop_prefix"):
             every = [] if what == "loop_prefix" else None
             if self.encoding == "interleaved":  # the last label token is never read: 2n - 1 tokens
@@ -375,7 +380,7 @@ class Transformer(nnx.Module):
         h = h if self.positions is None else h + self.positions[:t].astype(h.dtype)
         return h.reshape(b * t, -1)
 
-    def _stream(self, tokens, queries=None, maps=None, states=None, every=None, stop: int = 0):
+    def _stream(self, tokens, queries=None, maps=None, states=None, every=None, stop=0):
         """Run the blocks over the causal context stream ``tokens [b, T, ·]`` and, if given, the query stream
         ``queries [b, T, ·]`` (query ``t`` sits at position ``t``, attends to context tokens ``< t`` and itself).
         Returns the final ``(h, g)``, each ``[b, T, width]`` (``g`` None without queries); appends each block's
@@ -439,19 +444,21 @@ class Transformer(nnx.Module):
             if loop and self.input_injection:
                 h, g = inject(h, g)
             h, g = stack(h, g)
-            if loop < stop:
-                h, g = jax.lax.stop_gradient(h), None if g is None else jax.lax.stop_gradient(g)
+            if every is not None:  # per-loop outputs: no gradient through the first ``stop`` loops (traced)
+                h = jnp.where(loop < stop, jax.lax.stop_gradient(h), h)
+                g = None if g is None else jnp.where(loop < stop, jax.lax.stop_gradient(g), g)
             if every is not None:
                 every.append(shaped(h, g))
         return shaped(h, g)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "what"))
-def _compiled(graphdef, state, prompts: Prompts, what: str):
-    return nnx.merge(graphdef, state)._run(what, prompts)
+def _compiled(graphdef, state, prompts: Prompts, what: str, stop):
+    return nnx.merge(graphdef, state)._run(what, prompts, stop)
 
 
-def loop_window_loss(window: int, *, prefix: bool = False, truncate_backprop: bool = True):
+def loop_window_loss(window: int, *, prefix: bool = False, truncate_backprop: bool = True,
+                     loops_start: int | None = None, loops_step: int = 1, loops_every: int = 1):
     """Yang et al. (2023)'s truncated loss as an [`icl.train`][icl.training.train] ``loss_fn``: the squared error averaged over the
     last ``window`` loops (loops ``T - window + 1 .. T`` of a model with ``loops = T``; all when ``window >= T``).
 
@@ -460,18 +467,28 @@ def loop_window_loss(window: int, *, prefix: bool = False, truncate_backprop: bo
     train on every prefix). ``truncate_backprop`` (default, as their code): no gradient flows through the loops
     before the window, so the backward pass costs ``window`` loops, not ``T``.
 
+    The loop curriculum (Yang et al.'s, over the loop count): with ``loops_start``, training step ``s`` uses
+    ``T(s) = min(model.loops, loops_start + loops_step * (s // loops_every))`` loops (the window is then loops
+    ``T(s) - window + 1 .. T(s)``), so the model's ``loops`` is the final count ``b``. The loss receives the step
+    (``icl.train`` passes it to a ``loss_fn`` with a ``step`` parameter); outside training (``step=None``) it uses
+    ``T = model.loops``. Every step runs the model's ``loops`` loops forward (a curriculum step's later loops
+    are computed and not used: same loss and gradient as a ``T(s)``-loop model, at the final count's cost).
+
     Use with a looped [`Transformer`][icl.models.Transformer] (any model with ``loops`` and ``loop_outputs(prompts, prefix,
-    stop_gradient_loops=)``): ``icl.train(make, task, config, loss_fn=loop_window_loss(5))``. Yang et al. also grow
-    ``T`` during training (a curriculum over the loop count); that needs the training step inside the loss, which
-    [`icl.train`][icl.training.train]'s ``loss_fn(model, prompts)`` does not receive, so it is not offered here.
+    stop_gradient_loops=)``): ``icl.train(make, task, config, loss_fn=loop_window_loss(5))``.
     """
     window = check_positive_int("window", window)
     prefix = _check_bool("prefix", prefix)
     truncate_backprop = _check_bool("truncate_backprop", truncate_backprop)
+    if loops_start is not None:
+        loops_start = check_positive_int("loops_start", loops_start)
+    loops_step = check_positive_int("loops_step", loops_step)
+    loops_every = check_positive_int("loops_every", loops_every)
 
-    def loss_fn(model, prompts: Prompts) -> jax.Array:
+    def loss_fn(model, prompts: Prompts, step=None) -> jax.Array:
         loops = 1 if model.loops is None else check_positive_int("loops", model.loops)
-        stop = max(loops - window, 0) if truncate_backprop else 0
+        if loops_start is not None and loops_start > loops:
+            raise ValueError(f"loops_start must be <= the model's loops={loops}, got {loops_start}")
         if prefix:
             prompts = Prompts(x=jnp.concatenate([prompts.x, prompts.x_query[:, None]], axis=1),
                               y=jnp.concatenate([prompts.y, prompts.y_query[:, None]], axis=1),
@@ -479,11 +496,21 @@ def loop_window_loss(window: int, *, prefix: bool = False, truncate_backprop: bo
             target = prompts.y
         else:
             target = prompts.y_query
+        if loops_start is None or step is None:  # a fixed loop count
+            stop = max(loops - window, 0) if truncate_backprop else 0
+            outs = model.loop_outputs(prompts, prefix, stop_gradient_loops=stop)
+            mean = outs[0] if isinstance(outs, tuple) else outs
+            return jnp.mean((mean[-window:] - target[None]) ** 2)
+        count = jnp.minimum(loops, loops_start + loops_step * (jnp.asarray(step) // loops_every))
+        stop = jnp.maximum(count - window, 0) if truncate_backprop else jnp.zeros((), count.dtype)
         outs = model.loop_outputs(prompts, prefix, stop_gradient_loops=stop)
         mean = outs[0] if isinstance(outs, tuple) else outs
-        return jnp.mean((mean[-window:] - target[None]) ** 2)
+        per_loop = jnp.mean((mean - target[None]) ** 2, axis=tuple(range(1, mean.ndim)))  # [loops]
+        t = jnp.arange(1, loops + 1)
+        used = (t <= count) & (t > count - window)
+        return jnp.sum(jnp.where(used, per_loop, 0.0)) / jnp.sum(used)
 
-    loss_fn.__name__ = f"loop_window_loss_{window}"
+    loss_fn.__name__ = f"loop_window_loss_{window}" + ("" if loops_start is None else f"_from_{loops_start}")
     return loss_fn
 
 

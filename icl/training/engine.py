@@ -152,7 +152,9 @@ def train(
       task: any task (a pytree, so noise levels share one compiled program); sampled with
         ``config.batch`` prompts of length ``config.n`` at every step.
       config: [`TrainConfig`][icl.training.TrainConfig] (its ``loss`` chooses the objective, ``icl.training.losses``).
-      loss_fn: optional custom ``loss_fn(model, prompts) -> scalar`` that replaces ``config.loss``.
+      loss_fn: optional custom ``loss_fn(model, prompts) -> scalar`` that replaces ``config.loss``; a loss with a
+        parameter named ``step`` is called as ``loss_fn(model, prompts, step=step)`` with the training step (a
+        traced integer, ``0 .. config.steps - 1``), for losses that change over training.
       checkpoint: a checkpoint writer such as ``icl.CheckpointDir(folder, resume=True)``: an object with
         ``open(start, task) -> TrainResult`` (the runs to continue: ``start`` itself, or the state it
         restores) and ``save(result)``, called every ``config.checkpoint_every`` steps and at the end.
@@ -216,7 +218,7 @@ def run_engine(start: TrainResult, task, keys: jax.Array, lrs=None, *, loss_fn: 
         [P, step]``, ``config``; [`train`][icl.training.train] builds one, a checkpoint restores one).
       task: one task for every run, or a sequence of ``P`` tasks with one pytree structure.
       keys: ``[P]`` run keys ([`run_keys`][icl.training.run_keys]). lrs: ``[P]`` peak learning rates.
-      loss_fn: a custom ``loss_fn(model, prompts)`` instead of ``config.loss``.
+      loss_fn: a custom ``loss_fn(model, prompts)`` (or ``loss_fn(model, prompts, step)``) instead of ``config.loss``.
       sharding: a sharding of the leading run axis ([`icl.sweeps.run_sharding`][icl.sweeps.run_sharding]), or None.
       snapshot_every: keep the parameters every this many steps in ``result.snapshots``.
       save: called with the [`TrainResult`][icl.training.TrainResult] so far every ``config.checkpoint_every`` steps and at the end.

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import jax
@@ -24,7 +25,8 @@ from icl.tasks import Prompts
 from icl.tasks.base import check_int
 from icl.training.config import NLL_LOSSES, PREFIX_LOSSES, TrainConfig
 
-__all__ = ["mse_loss", "gaussian_nll", "training_loss", "objective", "check_task", "with_query_as_last_pair"]
+__all__ = ["mse_loss", "gaussian_nll", "training_loss", "objective", "check_task", "with_query_as_last_pair",
+           "takes_step"]
 
 
 def mse_loss(model: Callable[[Prompts], jax.Array], prompts: Prompts) -> jax.Array:
@@ -93,8 +95,18 @@ def objective(config: TrainConfig, loss_fn, model, prompts: Prompts, step) -> ja
             prompts = _mask_dims(prompts, curriculum.dims(step, prompts.x.shape[-1]))
         points = curriculum.points(step, points)
     if loss_fn is not None and loss_fn is not mse_loss:
-        return loss_fn(model, prompts)
+        return loss_fn(model, prompts, step=step) if takes_step(loss_fn) else loss_fn(model, prompts)
     return _builtin_loss(config, model, prompts, points)
+
+
+def takes_step(loss_fn: Callable) -> bool:
+    """Whether a custom loss is called with the training step: ``loss_fn(model, prompts, step=step)`` when it has a
+    parameter named ``step`` (a traced integer inside [`icl.train`][icl.training.train]: a schedule over training,
+    such as [`loop_window_loss`][icl.models.loop_window_loss]'s loop curriculum), else ``loss_fn(model, prompts)``."""
+    try:
+        return "step" in inspect.signature(loss_fn).parameters
+    except (TypeError, ValueError):  # a callable without a signature (a builtin): the two-argument protocol
+        return False
 
 
 def training_loss(model, prompts: Prompts, config: TrainConfig, loss_fn: Callable | None = None,
@@ -105,7 +117,8 @@ def training_loss(model, prompts: Prompts, config: TrainConfig, loss_fn: Callabl
       model: a model (or any predictor with the outputs ``config.loss`` needs).
       prompts: the prompts (``[batch, n, d]``).
       config: the [`TrainConfig`][icl.training.TrainConfig] (its ``loss``, ``nll_beta`` and ``curriculum`` are used).
-      loss_fn: a custom ``loss_fn(model, prompts)`` instead of ``config.loss``.
+      loss_fn: a custom ``loss_fn(model, prompts)`` (or ``loss_fn(model, prompts, step)``, see
+        [`takes_step`][icl.training.takes_step]) instead of ``config.loss``.
       step: the training step whose curriculum applies (default: the end of training, ``config.steps``).
     Returns:
       The scalar loss (jit-able; the output shape is checked, a ValueError names the model).
