@@ -188,6 +188,23 @@ def test_looped_transformer_shares_weights_reads_every_loop_and_keeps_the_defaul
 
 
 @pytest.mark.slow
+def test_loop_norm_closes_every_loop_with_the_final_layer_norm_and_one_loop_is_the_standard_model():
+    kw = {"num_layers": 1, "width": 8, "num_heads": 2, "max_pairs": N, "encoding": "stacked", "param_dtype": jnp.float64}
+    with x64():
+        p = prompts64(icl.LinearRegressionTask.isotropic(D, noise_std=0.1), 4, N, 0)
+        base = icl.Transformer(D, **kw, rngs=nnx.Rngs(0))
+        plain = icl.Transformer(D, **kw, loops=3, input_injection=True, rngs=nnx.Rngs(0))
+        normed = icl.Transformer(D, **kw, loops=3, input_injection=True, loop_norm=True, rngs=nnx.Rngs(0))
+        assert normed.spec()["loop_norm"] and "loop_norm" not in plain.spec()  # old specs and checkpoints unchanged
+        assert icl.Transformer(**normed.spec(), rngs=nnx.Rngs(1)).loop_norm
+        outs = normed.loop_outputs(p)
+        assert_close(outs[0], base(p), EXACT_F64, "one loop with loop_norm is the unlooped model")
+        assert_close(outs[-1], normed(p), EXACT_F64, "the fori_loop path vs the unrolled one")
+        assert float(jnp.max(jnp.abs(outs[1:] - plain.loop_outputs(p)[1:]))) > 1e-6
+    with pytest.raises(ValueError, match="loop_norm"):
+        icl.Transformer(D, num_layers=1, width=8, num_heads=2, loop_norm="yes", rngs=nnx.Rngs(0))
+
+
 def test_loop_window_loss_trains_a_looped_transformer():
     task = icl.LinearRegressionTask.isotropic(D, noise_std=0.1)
     config = icl.TrainConfig(steps=8, batch=32, n=N, lr=1e-3)

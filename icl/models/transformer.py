@@ -37,7 +37,10 @@ are exactly the model run on the truncated prompts, for all ``k`` at once and wi
 **Looped (weight-tied) transformers** (Yang, Lee, Nowak & Papailiopoulos 2023, "Looped transformers are better at
 learning learning algorithms"; Giannou et al. 2023): with ``loops=T`` the stack of ``num_layers`` blocks is applied
 ``T`` times with the same weights (the read-in, positions, final LayerNorm and read-out once; Yang et al.'s code
-loops their GPT-2 backbone, which adds the positions and applies its final LayerNorm on every pass). With
+loops their GPT-2 backbone, which adds the positions and applies its final LayerNorm on every pass: with
+``loop_norm=True`` the final LayerNorm closes every loop, ``Y_{t+1} = LN_f(M(Y_t + e))``, and the read-out reads the
+normalised stream, so the stream stays bounded however many loops run; with input injection ``e`` includes the
+positions, so this is their loop exactly). With
 ``input_injection=True`` the embedded prompt ``e`` is re-added before every loop, Yang et al.'s
 ``Y_{t+1} = M(Y_t + e)`` from ``Y_0 = 0``; without it, ``Y_{t+1} = M(Y_t)`` from ``Y_0 = e``. Either way one loop is
 the unlooped model. ``model.loops`` may be reassigned at prediction time (or use ``model.with_loops(T)``); the
@@ -176,6 +179,8 @@ class Transformer(nnx.Module):
       loops: ``None`` (default, the standard model) or the number of times the block stack is applied with shared
         weights (>= 1; module docstring, "Looped"). May be reassigned on the model at prediction time.
       input_injection: re-add the embedded prompt before every loop (Yang et al. 2023).
+      loop_norm: apply the final LayerNorm at the end of every loop (Yang et al.'s code; module docstring,
+        "Looped"). With one loop the model is the standard one either way.
       rngs: ``nnx.Rngs`` with a ``params`` stream.
 
     Layers are ``nnx.Linear`` (``kernel [in, out]``, ``bias``) and ``nnx.LayerNorm`` (``scale``, ``bias``;
@@ -198,7 +203,8 @@ class Transformer(nnx.Module):
     def __init__(self, d: int, *, num_layers: int, width: int, num_heads: int, mlp_ratio: int = 4,
                  encoding: str = "interleaved", positional: str = "learned", max_pairs: int = 64,
                  attention: str = "softmax", mlp: bool = True, layer_norm: bool = True, variance_head: bool = False,
-                 param_dtype=jnp.float32, loops: int | None = None, input_injection: bool = False, rngs: nnx.Rngs):
+                 param_dtype=jnp.float32, loops: int | None = None, input_injection: bool = False,
+                 loop_norm: bool = False, rngs: nnx.Rngs):
         self.d = check_positive_int("d", d)
         self.num_layers = check_positive_int("num_layers", num_layers)
         self.width = check_positive_int("width", width)
@@ -215,6 +221,7 @@ class Transformer(nnx.Module):
         self.variance_head = _check_bool("variance_head", variance_head)
         self.loops = None if loops is None else check_positive_int("loops", loops)
         self.input_injection = _check_bool("input_injection", input_injection)
+        self.loop_norm = _check_bool("loop_norm", loop_norm)
         dtype = jnp.dtype(param_dtype)
         self.param_dtype = dtype.name
         token_dim = d if encoding == "interleaved" else d + 1
@@ -243,6 +250,8 @@ class Transformer(nnx.Module):
         spec = {name: getattr(self, name) for name in names}
         if self.loops is not None or self.input_injection:  # absent at the defaults: unlooped specs are unchanged
             spec.update(loops=self._loop_count(), input_injection=bool(self.input_injection))
+        if self.loop_norm:  # absent unless set: specs (and checkpoints) written before the option are unchanged
+            spec.update(loop_norm=True)
         return spec
 
     def _loop_count(self) -> int:
@@ -316,6 +325,7 @@ class Transformer(nnx.Module):
         self._check(prompts, what)
         self._loop_count()
         _check_bool("input_injection", self.input_injection)
+        _check_bool("loop_norm", self.loop_norm)
         graphdef, state = nnx.split(self)
         return _compiled(graphdef, state, Prompts(*prompts), what, jnp.asarray(stop, jnp.int32))
 
@@ -369,7 +379,8 @@ class Transformer(nnx.Module):
     def _read(self, h: jax.Array):
         """The read-out (mean, or ``(mean, var)``) of the stream ``h [..., width]``, shape ``[...]``."""
         shape = h.shape[:-1]
-        h = _maybe(self.ln_f, h.reshape(-1, h.shape[-1]))
+        h = h.reshape(-1, h.shape[-1])
+        h = h if self.loop_norm else _maybe(self.ln_f, h)  # with loop_norm every loop already ends with it
         mean = self.read_out(h).reshape(shape)
         return mean if self.log_var_out is None else (mean, jnp.exp(self.log_var_out(h)).reshape(shape))
 
@@ -422,6 +433,12 @@ class Transformer(nnx.Module):
                     states.append(h.reshape(b, t, -1))
             return h, g
 
+        def one_loop(h, g):  # the block stack, then (loop_norm) the final LayerNorm
+            h, g = stack(h, g)
+            if self.loop_norm:
+                h, g = _maybe(self.ln_f, h), None if g is None else _maybe(self.ln_f, g)
+            return h, g
+
         def inject(h, g):
             return h + h0, None if g is None else g + g0
 
@@ -434,16 +451,16 @@ class Transformer(nnx.Module):
                 h, g = carry if queries is not None else (carry, None)
                 if self.input_injection:
                     h, g = inject(h, g)
-                h, g = stack(h, g)
+                h, g = one_loop(h, g)
                 return (h, g) if queries is not None else h
 
-            h, g = stack(h, g)  # the first loop (no injection: Y_0 = 0), then loops 2..T
+            h, g = one_loop(h, g)  # the first loop (no injection: Y_0 = 0), then loops 2..T
             out = jax.lax.fori_loop(1, loops, body, (h, g) if queries is not None else h)
             return shaped(*(out if queries is not None else (out, None)))
         for loop in range(loops):
             if loop and self.input_injection:
                 h, g = inject(h, g)
-            h, g = stack(h, g)
+            h, g = one_loop(h, g)
             if every is not None:  # per-loop outputs: no gradient through the first ``stop`` loops (traced)
                 h = jnp.where(loop < stop, jax.lax.stop_gradient(h), h)
                 g = None if g is None else jnp.where(loop < stop, jax.lax.stop_gradient(g), g)
