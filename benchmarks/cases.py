@@ -17,6 +17,13 @@ through :func:`harness.write_child_result`. Targets come from issues 5, 10 and 1
   ``GARG_PROMPTS_PER_S``; the standard configuration (d=20, 41 points, 12 layers, width 256, 8 heads) is
   measured the same way and reported in the figures. See :func:`side_by_side`.
 - baselines: microseconds per prompt of each predictor and of its ``prefix`` (all n predictions).
+- ``selective_ssm_over_attention.1block`` (the families case, :func:`case_families`): at experiments/architectures.py's
+  defaults (d=5, n=11, batch 128, every-prefix loss, width 32, 2 blocks, 4 heads, state 16), each family's
+  training step (``icl.LinearRNN``, ``icl.DiagonalSSM``, ``icl.SelectiveSSM``, the plain ``icl.Transformer``, the
+  looped Transformer at b=4 with input injection and ``icl.loop_window_loss``, the looped one-layer
+  ``icl.SparseLinearTransformer`` at 3 loops), measured as ``train_step_over_sampling`` above and all in the same
+  rounds: ms per step, prompts/s, step / sampling and XLA's flops per step. The target: a one-block SelectiveSSM's
+  step over a one-block softmax-attention Transformer's (attention and MLP), same width, d, n, batch, <= 1.
 
 Their code is never copied here: a worker process (``cases.py garg_worker``, run by *their* Python with
 PyTorch and ``transformers``) imports their ``models.py``, ``samplers.py``, ``tasks.py`` and ``train.py``
@@ -68,6 +75,10 @@ THROUGHPUT_CASES = {  # name: (d, n, batch, layers)
     "lsa1_d20_n40_b2048": (20, 40, 2048, 1),
     "lt3_d5_n20_b20000": (5, 20, 20000, 3),
 }
+# The families case: experiments/architectures.py's defaults (its OWN and FLAGS; one seed)
+FAMILY_SETTINGS = dict(d=5, n=11, batch=128, noise_std=0.5, width=32, layers=2, heads=4, state_size=16, loop_b=4,
+                       sparse_loops=3)
+SSM_OVER_ATTENTION_TARGET = 1.0  # a selective-scan block costs no more than a same-width attention block
 
 
 def _block(tree):
@@ -76,13 +87,14 @@ def _block(tree):
     return jax.block_until_ready(tree)
 
 
-def _xla_costs(model_fn, task, config, sample: bool = True) -> dict:
+def _xla_costs(model_fn, task, config, sample: bool = True, loss_fn=None) -> dict:
     """XLA's cost analysis (flops and bytes accessed) of one training step and of sampling its prompts, and the
     flops of their matrix products alone (``dot_flops``, counted from the optimised HLO).
 
-    The step is the engine's (sample, value-and-grad of ``icl.training_loss``, Optax update), written with the
-    public API and compiled with icl's compiler options. A step that is bound by memory traffic cannot cost
-    less than its ``bytes_ratio`` times sampling; one bound by arithmetic, than its ``flops_ratio``.
+    The step is the engine's (sample, value-and-grad of ``icl.training_loss`` with ``loss_fn`` if given, Optax
+    update), written with the public API and compiled with icl's compiler options. A step that is bound by memory
+    traffic cannot cost less than its ``bytes_ratio`` times sampling; one bound by arithmetic, than its
+    ``flops_ratio``.
     """
     import jax
     import optax
@@ -97,7 +109,7 @@ def _xla_costs(model_fn, task, config, sample: bool = True) -> dict:
 
     def step(params, opt_state, key):
         prompts = task.sample(key, config.batch, config.n)
-        loss_of = lambda p: icl.training_loss(nnx.merge(graphdef, p), prompts, config)  # noqa: E731
+        loss_of = lambda p: icl.training_loss(nnx.merge(graphdef, p), prompts, config, loss_fn)  # noqa: E731
         loss, grads = jax.value_and_grad(loss_of)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -122,10 +134,64 @@ def _xla_costs(model_fn, task, config, sample: bool = True) -> dict:
                 bytes_ratio=train["bytes"] / samp["bytes"])
 
 
-def case_throughput(quick: bool) -> dict:
+# ---------------------------------------------------------------------------------------------------------------
+# A training step against sampling its prompts (the throughput and families cases): each step's cost is the
+# difference between icl.train with 3S and S steps in chunks of S, timed in interleaved rounds with a jitted
+# lax.scan of task.sample over 2S keys (the prompts of the 2S steps the difference times).
+
+def _training_calls(model_fn, task, chunk: int, loss_fn=None, **config) -> dict:
+    """``{"train_1": ..., "train_3": ...}``: zero-argument calls of ``icl.train`` for ``chunk`` and ``3 chunk``
+    steps in chunks of ``chunk`` (``progress_every``), ``config`` the rest of the :class:`icl.TrainConfig`."""
+    import icl
+
+    def run(k):
+        cfg = icl.TrainConfig(steps=k * chunk, progress_every=chunk, **config)
+        return icl.train(model_fn, task, cfg, loss_fn=loss_fn).losses
+
+    return {"train_1": lambda: run(1), "train_3": lambda: run(3)}
+
+
+def _sampling_call(task, batch: int, n: int, steps: int):
+    """A zero-argument blocking call: a jitted ``lax.scan`` of ``task.sample(key, batch, n)`` over ``steps`` keys."""
     import jax
     import jax.numpy as jnp
 
+    keys = jax.random.split(jax.random.key(0), steps)
+
+    @jax.jit
+    def sample(keys):
+        def body(c, k):
+            p = task.sample(k, batch, n)
+            return c + p.y.sum() + p.y_query.sum(), None
+
+        return jax.lax.scan(body, jnp.zeros(()), keys)[0]
+
+    return lambda: _block(sample(keys))
+
+
+def _timed_steps(calls: dict, sampling, chunk: int, rounds: int) -> tuple[dict, list[float]]:
+    """Compile every call (``{name: _training_calls(...)}``) and ``sampling`` (over ``2 chunk`` keys), then time
+    them all in the same :func:`harness.interleaved` rounds. Returns ``({name: {"wall": [s per step, per round],
+    "cpu": [...]}}, [sampling s per step, per round])``: a step is ``(train_3 - train_1) / (2 chunk)``."""
+    fns = {f"{name}.{k}": f for name, pair in calls.items() for k, f in pair.items()} | {"sample": sampling}
+    for f in fns.values():
+        f()
+    t = interleaved(fns, rounds)
+    steps = {name: {kind: [(c - a) / (2 * chunk) for a, c in zip(t[f"{name}.train_1"][kind],
+                                                                   t[f"{name}.train_3"][kind])]
+                    for kind in ("wall", "cpu")} for name in calls}
+    return steps, [s / (2 * chunk) for s in t["sample"]["wall"]]
+
+
+def _step_figures(step_s: list[float], sample_s: list[float], batch: int) -> dict:
+    """ms per training step and prompts/s (medians over rounds), and ``ratio``: the median of per-round
+    ``step / sampling``."""
+    train_ms = 1e3 * median(step_s)
+    return dict(train_ms_per_step=train_ms, train_prompts_per_s=batch / train_ms * 1e3,
+                ratio=median([a / b for a, b in zip(step_s, sample_s)]))
+
+
+def case_throughput(quick: bool) -> dict:
     import icl
 
     results, figures = [], {}
@@ -137,33 +203,16 @@ def case_throughput(quick: bool) -> dict:
         def model_fn(rngs, d=d, layers=layers):
             return icl.LinearTransformer(d, layers, rngs=rngs)
 
-        def run(k, d=d, n=n, batch=batch, chunk=chunk, task=task):
-            cfg = icl.TrainConfig(steps=k * chunk, batch=batch, n=n, lr=1e-3, schedule="constant",
-                                  progress_every=chunk)
-            return icl.train(model_fn, task, cfg).losses
-
-        keys = jax.random.split(jax.random.key(0), 2 * chunk)
-
-        @jax.jit
-        def sample(keys, task=task, n=n, batch=batch):
-            def body(c, k):
-                p = task.sample(k, batch, n)
-                return c + p.y.sum() + p.y_query.sum(), None
-
-            return jax.lax.scan(body, jnp.zeros(()), keys)[0]
-
-        xla = _xla_costs(model_fn, task, icl.TrainConfig(steps=chunk, batch=batch, n=n, lr=1e-3, schedule="constant"))
-        fns = {"train_1": lambda: run(1), "train_3": lambda: run(3), "sample": lambda: _block(sample(keys))}
-        for f in fns.values():
-            f()
-        t = interleaved(fns, rounds)
-        per_round = [(c - a) / (2 * chunk) for a, c in zip(t["train_1"]["wall"], t["train_3"]["wall"])]
-        sample_steps = [s / (2 * chunk) for s in t["sample"]["wall"]]
-        step_ratio = median([a / b for a, b in zip(per_round, sample_steps)])
-        train_ms, sample_ms = 1e3 * median(per_round), 1e3 * median(sample_steps)
-        figures[name] = dict(train_ms_per_step=train_ms, sample_ms_per_step=sample_ms,
-                             train_prompts_per_s=batch / train_ms * 1e3, sample_prompts_per_s=batch / sample_ms * 1e3,
-                             ratio=step_ratio, xla_per_step=xla)
+        config = dict(batch=batch, n=n, lr=1e-3, schedule="constant")
+        xla = _xla_costs(model_fn, task, icl.TrainConfig(steps=chunk, **config))
+        steps, sample_s = _timed_steps({"lsa": _training_calls(model_fn, task, chunk, **config)},
+                                       _sampling_call(task, batch, n, 2 * chunk), chunk, rounds)
+        fig = _step_figures(steps["lsa"]["wall"], sample_s, batch)
+        sample_ms = 1e3 * median(sample_s)
+        figures[name] = dict(train_ms_per_step=fig["train_ms_per_step"], sample_ms_per_step=sample_ms,
+                             train_prompts_per_s=fig["train_prompts_per_s"],
+                             sample_prompts_per_s=batch / sample_ms * 1e3, ratio=fig["ratio"], xla_per_step=xla)
+        step_ratio, train_ms = fig["ratio"], fig["train_ms_per_step"]
         if layers > 1:
             figures[name]["side_by_side_over_ahn"] = AHN_SIDE_BY_SIDE_RATIO
         target = LT3_RATIO_TARGET if layers > 1 else TRAIN_RATIO_TARGET
@@ -175,6 +224,95 @@ def case_throughput(quick: bool) -> dict:
                                   f">= 3 (Ahn et al.'s loop: {AHN_PROMPTS_PER_S:.3g} prompts/s here)",
                                   speed / AHN_PROMPTS_PER_S >= 3))
     return dict(results=results, figures=figures)
+
+
+def _family_models(s: dict) -> dict:
+    """``{name: (model_fn, loss_fn, linear)}`` at the settings ``s`` (``FAMILY_SETTINGS``): the families of
+    experiments/architectures.py's table (its ``model_fn``), then the one-block pair of the selective-scan target."""
+    import icl
+
+    d, n, w, L, h, N = s["d"], s["n"], s["width"], s["layers"], s["heads"], s["state_size"]
+
+    def attention(layers, **kw):
+        return lambda r: icl.Transformer(d, num_layers=layers, width=w, num_heads=h, max_pairs=2 * n, rngs=r, **kw)
+
+    return {
+        "linear_rnn": (lambda r: icl.LinearRNN(d, rngs=r), None, True),
+        "diagonal_ssm": (lambda r: icl.DiagonalSSM(d, num_layers=L, width=w, state_size=N, rngs=r), None, False),
+        "selective_ssm": (lambda r: icl.SelectiveSSM(d, num_layers=L, width=w, state_size=N, rngs=r), None, False),
+        "transformer": (attention(L), None, False),
+        "looped_transformer": (attention(1, loops=s["loop_b"], input_injection=True),
+                               icl.loop_window_loss(s["loop_b"], prefix=True), False),
+        "looped_sparse": (lambda r: icl.SparseLinearTransformer(d, 1, loops=s["sparse_loops"], rngs=r), None, True),
+        "selective_ssm_1block": (lambda r: icl.SelectiveSSM(d, num_layers=1, width=w, state_size=N, rngs=r), None,
+                                 False),
+        "attention_1block": (attention(1), None, False),
+        "attention_only_1block": (attention(1, mlp=False), None, False),
+    }
+
+
+def case_families(quick: bool) -> dict:
+    """The model families' training step against sampling their prompts, and the selective scan against attention.
+
+    At ``FAMILY_SETTINGS`` (experiments/architectures.py's defaults: the dense noisy task d = 5, sigma = 0.5,
+    n = 11, every-prefix loss, batch 128, one seed; width 32, 2 blocks, 4 heads, state 16; the looped Transformer
+    one block at b = 4 loops with ``icl.loop_window_loss(4, prefix=True)``, the SparseLinearTransformer one layer
+    at 3 loops; Adam at constant lr, 1e-2 for the linear families, 3e-3 with global-norm clipping at 1 for the
+    others), every model's step and one sampling call are timed in the same interleaved rounds (see
+    :func:`_timed_steps`). Figures per model: ``train_ms_per_step``, ``train_prompts_per_s`` (medians over
+    rounds), ``ratio`` (median of per-round step / sampling), ``params``, and XLA's ``xla_flops_per_step``,
+    ``xla_dot_flops_per_step``, ``xla_bytes_per_step`` and ``xla_flops_over_sampling``. Target:
+    ``selective_ssm_over_attention``, the median of per-round step-time ratios of a one-block SelectiveSSM over a
+    one-block softmax-attention Transformer (attention and MLP, as the table's), same width, d, n, batch;
+    reported beside it: the same against an attention-only block (``mlp=False``), its CPU-time version, the
+    ratio of XLA's flops, and the two-block SelectiveSSM over the two-block Transformer.
+    """
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    import icl
+
+    s = FAMILY_SETTINGS
+    rounds, chunk = (3, 5) if quick else (5, 10)
+    task = icl.LinearRegressionTask.isotropic(s["d"], s["noise_std"])
+    base = dict(batch=s["batch"], n=s["n"], schedule="constant", loss="every_prefix")
+    calls, figures = {}, {}
+    for name, (model_fn, loss_fn, linear) in _family_models(s).items():
+        config = dict(base, lr=1e-2) if linear else dict(base, lr=3e-3, grad_clip=1.0)
+        calls[name] = _training_calls(model_fn, task, chunk, loss_fn, **config)
+        xla = _xla_costs(model_fn, task, icl.TrainConfig(steps=chunk, **config), loss_fn=loss_fn)
+        params = nnx.state(nnx.eval_shape(lambda f=model_fn: f(nnx.Rngs(0))), nnx.Param)
+        figures[name] = dict(params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+                             xla_flops_per_step=xla["train"]["flops"], xla_dot_flops_per_step=xla["train"]["dot_flops"],
+                             xla_bytes_per_step=xla["train"]["bytes"], xla_flops_over_sampling=xla["flops_ratio"])
+    steps, sample_s = _timed_steps(calls, _sampling_call(task, s["batch"], s["n"], 2 * chunk), chunk, rounds)
+    for name in calls:
+        figures[name] = dict(_step_figures(steps[name]["wall"], sample_s, s["batch"]), **figures[name])
+
+    def over(a, b, kind="wall"):
+        return median([x / y for x, y in zip(steps[a][kind], steps[b][kind])])
+
+    r = over("selective_ssm_1block", "attention_1block")
+    sample_ms = 1e3 * median(sample_s)
+    figures |= {
+        "settings": dict(s, chunk=chunk, rounds=rounds, seeds=1),
+        "sample_ms_per_step": sample_ms, "sample_prompts_per_s": s["batch"] / sample_ms * 1e3,
+        "selective_ssm_over_attention": dict(
+            wall=r, cpu=over("selective_ssm_1block", "attention_1block", "cpu"),
+            xla_flops=figures["selective_ssm_1block"]["xla_flops_per_step"]
+            / figures["attention_1block"]["xla_flops_per_step"],
+            over_attention_only=over("selective_ssm_1block", "attention_only_1block"),
+            two_blocks_over_transformer=over("selective_ssm", "transformer")),
+        "about": (f"icl.train steps of each family (d={s['d']}, n={s['n']}, batch {s['batch']}, every-prefix loss, "
+                  f"width {s['width']}, {s['layers']} blocks, state {s['state_size']}) against a jitted scan of "
+                  "task.sample, in interleaved rounds; a step is (3S - S steps) / 2S; ratios are medians of "
+                  "per-round ratios"),
+    }
+    target = (f"<= {SSM_OVER_ATTENTION_TARGET} (1-block SelectiveSSM over 1-block softmax Transformer, width "
+              f"{s['width']}, d={s['d']}, n={s['n']}, batch {s['batch']})")
+    return dict(results=[Result("selective_ssm_over_attention.1block", r, "x", target,
+                                r <= SSM_OVER_ATTENTION_TARGET)], figures=figures)
 
 
 def case_seeds(quick: bool) -> dict:
@@ -612,7 +750,7 @@ def case_baselines(quick: bool) -> dict:
 
 
 CASES = {"throughput": case_throughput, "seeds": case_seeds, "evaluate": case_evaluate,
-         "transformer": case_transformer, "baselines": case_baselines}
+         "transformer": case_transformer, "baselines": case_baselines, "families": case_families}
 
 
 def main() -> int:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import functools
 import glob
 import gzip
 import json
@@ -326,11 +327,18 @@ def profile(cfg: dict, chunk: int, chunks: int, dump: str, trace_dir: str) -> di
     module = parse_hlo(Path(hlo_files[-1]).read_text())
     control = {n for n, i in module.instructions.items() if i.opcode in ("while", "conditional", "call")}
     durations = collections.defaultdict(list)
-    span_us = busy_us = 0.0
+    span_us = busy_us = matmul_busy_us = 0.0
+
+    @functools.cache
+    def is_matmul(op: str) -> bool:
+        ins = module.instructions.get(op)
+        return ins is not None and categorise(module, ins) in (MATMUL_DENSE, MATMUL_ATTENTION)
+
     for ivs in counted:
         span_us += max(iv[3] for iv in ivs) - min(iv[2] for iv in ivs)
         leaves = [(iv[2], iv[3]) for iv in ivs if iv[0] not in control]
         busy_us += union_length(leaves)
+        matmul_busy_us += union_length([(iv[2], iv[3]) for iv in ivs if iv[0] not in control and is_matmul(iv[0])])
         for op, _, t0, t1 in ivs:
             if op not in control:
                 durations[op].append(t1 - t0)
@@ -387,6 +395,15 @@ def profile(cfg: dict, chunk: int, chunks: int, dump: str, trace_dir: str) -> di
         "matmul_share": mm_ms / total_ms if total_ms else 0.0,
         "matmul_gflops": mm_gflops,
         "matmul_fraction_of_gemm_ceiling": mm_gflops / ceilings["gemm_gflops_icl_options"]["max"],
+        # wall-clock view: the time at least one matrix product runs, and the busy time when none does
+        "matmul_busy_ms_per_step": matmul_busy_us / 1e3 / steps,
+        "matmul_wall_gflops": (sum(r["flops_per_step"] for r in matmul) / (matmul_busy_us / 1e6 / steps) / 1e9
+                               if matmul_busy_us else 0.0),
+        "matmul_wall_fraction_of_gemm_ceiling": (sum(r["flops_per_step"] for r in matmul)
+                                                 / (matmul_busy_us / 1e6 / steps) / 1e9
+                                                 / ceilings["gemm_gflops_icl_options"]["max"]
+                                                 if matmul_busy_us else 0.0),
+        "busy_without_matmul_ms_per_step": (busy_us - matmul_busy_us) / 1e3 / steps,
         "rest_gbytes_per_s": rest_bytes / (rest_ms / 1e3) / 1e9 if rest_ms else 0.0,
         "rest_fraction_of_bandwidth": (rest_bytes / (rest_ms / 1e3) / 1e9 / ceilings["bandwidth_gbytes_per_s"]
                                        if rest_ms else 0.0),
@@ -425,6 +442,9 @@ def table(report: dict) -> str:
         f"{100 * s['matmul_fraction_of_gemm_ceiling']:.0f}% of the GEMM ceiling on the model's shapes "
         f"({c['gemm_gflops_icl_options']['max']:.1f} GFLOP/s with icl's compiler options, "
         f"{c['gemm_gflops_xla_defaults']['max']:.1f} with XLA's defaults)",
+        f"wall clock: a matrix product runs during {s['matmul_busy_ms_per_step']:.1f} ms/step "
+        f"({s['matmul_wall_gflops']:.1f} GFLOP/s over that time, {100 * s['matmul_wall_fraction_of_gemm_ceiling']:.0f}% "
+        f"of the ceiling); no matrix product runs during {s['busy_without_matmul_ms_per_step']:.1f} ms/step",
         f"everything else: {s['rest_gbytes_per_s']:.1f} GB/s of operand+output traffic, "
         f"{100 * s['rest_fraction_of_bandwidth']:.0f}% of the measured {c['bandwidth_gbytes_per_s']:.1f} GB/s",
         f"backward pass: {100 * s['backward_share']:.0f}% of thunk time",

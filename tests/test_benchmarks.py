@@ -131,3 +131,25 @@ def test_profile_script_writes_its_table_at_a_tiny_configuration(REPO_ROOT, tmp_
     assert cats["matmul: dense layers"]["flops_per_step"] > 0
     assert report["summary"]["unattributed_ms_per_step"] == 0 and report["top_ops"]
     assert "matmul: dense layers" in proc.stdout
+
+
+@pytest.mark.slow
+def test_families_case_runs_at_a_tiny_configuration(REPO_ROOT, monkeypatch):
+    cases = _bench_module(REPO_ROOT, "cases")
+    monkeypatch.setattr(cases, "FAMILY_SETTINGS", dict(d=2, n=3, batch=4, noise_std=0.5, width=8, layers=1, heads=2,
+                                                        state_size=4, loop_b=2, sparse_loops=2))
+    out = cases.case_families(quick=True)
+    json.dumps(out["figures"])
+    (result,) = out["results"]
+    assert result.name == "selective_ssm_over_attention.1block" and result.unit == "x"
+    assert math.isfinite(result.value) and result.target.startswith("<= 1.0")
+    figures = out["figures"]
+    for name in ("linear_rnn", "diagonal_ssm", "selective_ssm", "transformer", "looped_transformer", "looped_sparse",
+                 "selective_ssm_1block", "attention_1block", "attention_only_1block"):
+        fig = figures[name]
+        for key in ("train_ms_per_step", "train_prompts_per_s", "ratio", "xla_flops_per_step",
+                    "xla_dot_flops_per_step", "xla_bytes_per_step", "xla_flops_over_sampling"):
+            assert math.isfinite(fig[key]), (name, key)
+        assert fig["params"] > 0 and fig["xla_flops_per_step"] > 0, name
+    assert figures["sample_ms_per_step"] > 0 and figures["settings"]["rounds"] == 3
+    assert figures["selective_ssm_over_attention"]["wall"] == result.value
