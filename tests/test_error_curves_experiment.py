@@ -83,8 +83,5 @@ def test_bad_flags_exit_2_before_any_work(tmp_path, REPO_ROOT):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured on the current core (deterministic, standalone and in CI): at "
-                   "--quick the transformer's noisy-task error is 10.6% above Bayes's at its worst k (tolerance 10%; "
-                   "0.065 when the script's settings were chosen; the script's docstring)")
 def test_noisy_task_error_within_10_percent_of_bayes_at_every_k(quick):
     assert next(c for c in quick["claims"] if c["name"].startswith(NOISY))["passed"]
