@@ -12,7 +12,7 @@ SCRIPT = "experiments/architectures.py"
 
 
 LOOPED = "looped Transformer (b="  # the claim about more loops at test time
-LOOPED_ALL = "looped Transformer"  # with its training checks (at --quick the two seeds' losses differ by 8%)
+LOOPED_SEEDS = "looped Transformer: seeds agree"  # fails at --quick: its two seeds end 13% apart
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +23,12 @@ def quick(REPO_ROOT, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_quick_run_passes_every_claim_but_the_looped_transformers(quick):
+def test_quick_run_passes_every_claim_but_the_looped_transformers_seeds_agree_check(quick):
     summary = quick
     assert summary["experiment"] == "architectures"
     names = [c["name"] for c in summary["claims"]]
     seeds = summary["config"]["seeds"]
-    failed = [c["name"] for c in summary["claims"] if not c["passed"] and not c["name"].startswith(LOOPED_ALL)]
+    failed = [c["name"] for c in summary["claims"] if not c["passed"] and not c["name"].startswith(LOOPED_SEEDS)]
     assert not failed, failed
     for prefix in ("tied GD K=2: learned step", "tied GD K=2: trained loss", "tied GD K=3: learned step",
                    "tied GD K=3: trained loss", LOOPED, "selective SSM, dense noiseless",
@@ -50,13 +50,17 @@ def test_quick_run_passes_every_claim_but_the_looped_transformers(quick):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured: at --quick the looped Transformer's error at 2b and 4b loops is "
-                   "19-63% above its error at b loops (tolerance 10%; +15-18% and +41-61% after 3000 steps), and "
-                   "its two seeds' training losses differ by 8% (seeds-agree check); "
-                   "the library has no loop curriculum (see the script's docstring)")
-def test_looped_transformer_error_at_2b_and_4b_loops_stays_within_10_percent_of_b(quick):
-    looped = [c for c in quick["claims"] if c["name"].startswith(LOOPED_ALL)]
-    assert looped and all(c["passed"] for c in looped)
+def test_looped_transformer_error_at_2b_and_4b_loops_is_at_most_10_percent_above_b(quick):
+    claim = next(c for c in quick["claims"] if c["name"].startswith(LOOPED))
+    assert claim["passed"] and claim["measured"] <= 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured at --quick (1500 steps, b = 12): the looped Transformer's two seeds "
+                   "end with training losses 1.321 and 1.162, 12.8% +- 1.2% apart; query error / d at b "
+                   "0.438 and 0.370: training is unfinished; its loop claim holds on both seeds")
+def test_looped_transformer_seeds_agree_at_quick(quick):
+    assert next(c for c in quick["claims"] if c["name"].startswith(LOOPED_SEEDS))["passed"]
 
 
 def test_flags_parse_and_bad_flags_exit_2(REPO_ROOT):
