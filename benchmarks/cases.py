@@ -1,7 +1,7 @@
 """Benchmark cases: each runs in its own process (``python benchmarks/cases.py CASE [--quick]``).
 
 Every case uses the public ``icl`` API only and writes a dict ``{"results": [...], "figures": {...}}``
-through :func:`harness.write_child_result`. Targets come from issues 5, 10 and 13:
+through :func:`harness.write_child_result`. The figures and their targets:
 
 - ``train_step_over_sampling.*``: a training step (forward, backward, Adam) against sampling its prompts.
   Each step's cost is the difference between ``train`` with ``3S`` and with ``S`` steps run as chunks of
