@@ -205,6 +205,7 @@ def test_loop_norm_closes_every_loop_with_the_final_layer_norm_and_one_loop_is_t
         icl.Transformer(D, num_layers=1, width=8, num_heads=2, loop_norm="yes", rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_loop_window_loss_trains_a_looped_transformer():
     task = icl.LinearRegressionTask.isotropic(D, noise_std=0.1)
     config = icl.TrainConfig(steps=8, batch=32, n=N, lr=1e-3)
@@ -223,6 +224,7 @@ def test_loop_window_loss_trains_a_looped_transformer():
         icl.loop_window_loss(0)
 
 
+@pytest.mark.slow
 def test_loop_curriculum_loss_at_a_step_equals_the_fixed_count_loss_with_its_gradient_in_float64():
     """Yang et al.'s curriculum: at training step s the loss (and its truncated gradient) is that of the same
     weights run with T(s) = min(loops, start + step * (s // every)) loops, the step passed traced as in icl.train."""
