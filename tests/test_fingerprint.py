@@ -33,6 +33,7 @@ def _fp(predictor, seed=0, task=None, **kw):
     return fingerprint(predictor, task or _task(), jax.random.PRNGKey(seed), N, **{**KW, **kw})
 
 
+@pytest.mark.slow
 def test_ridge_fingerprints_as_ridge_and_gives_back_lambda_at_every_prefix():
     with x64():
         res = _fp(icl.ridge(0.5))
@@ -74,6 +75,7 @@ def test_a_hidden_step_size_or_lambda_anywhere_in_its_range_is_given_back(family
     assert res.spd[res.best][-1] - res.spd[family][-1] <= ATOL * D + res.spd_gap_se[res.best][-1]
 
 
+@pytest.mark.slow
 def test_least_squares_fingerprints_as_itself_at_every_prefix_in_float32_even_rank_deficient():
     """Noiseless: k - 1 < d pairs leave the minimum-norm answer (Bayes with an isotropic prior ties it; least
     squares comes first). k = 1 has no context: every family predicts 0, so there is no verdict."""

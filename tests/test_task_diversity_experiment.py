@@ -69,6 +69,7 @@ def test_pool_or_prior_tiles_the_pool_and_keeps_its_dmmse(REPO_ROOT):
     assert abs(float(np.var(np.asarray(prior.w))) - 1.0) < 0.1
 
 
+@pytest.mark.slow
 def test_every_seed_is_measured_on_the_same_prompts(REPO_ROOT):
     module = load_script(REPO_ROOT / SCRIPT)
     task = icl.LinearRegressionTask(d=2, noise_std=1.0)

@@ -305,6 +305,7 @@ def test_every_prefix_loss_trains_a_few_finite_steps():
     assert np.all(np.isfinite(result.losses))
 
 
+@pytest.mark.slow
 def test_a_trained_model_refuses_prompts_longer_than_its_training_length_unless_asked():
     """icl.train records the length it trained at; untrained learned positions are never read silently."""
     task = icl.LinearRegressionTask.isotropic(3, 0.1)
