@@ -464,7 +464,6 @@ class Transformer(nnx.Module):
             if every is not None:  # per-loop outputs: no gradient through the first ``stop`` loops (traced)
                 h = jnp.where(loop < stop, jax.lax.stop_gradient(h), h)
                 g = None if g is None else jnp.where(loop < stop, jax.lax.stop_gradient(g), g)
-            if every is not None:
                 every.append(shaped(h, g))
         return shaped(h, g)
 
